@@ -1,0 +1,27 @@
+"""Errors that name the offending input and carry a short machine-readable reason.
+
+The data pipeline counts skipped inputs by ``reason``; users see the message.
+"""
+
+from __future__ import annotations
+
+
+class CrystalError(ValueError):
+    """A structure that cannot be represented; ``reason`` is one of REASONS."""
+
+    REASONS = (
+        "parse",  # unreadable CIF / file
+        "disordered",  # partial occupancy or mixed sites
+        "unknown_element",  # species outside the vocabulary (dummy species, Z > 103, ...)
+        "symmetry",  # spglib found no symmetry / inconsistent dataset
+        "wyckoff",  # an orbit could not be matched to a Wyckoff position of the tables
+        "too_many_sites",  # more symmetry-distinct sites than n_max
+        "too_many_atoms",  # more atoms in the conventional cell than the tokenizer's limit
+        "empty",  # no atoms
+    )
+
+    def __init__(self, reason: str, message: str):
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown CrystalError reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
