@@ -111,14 +111,18 @@ class Crystal:
     # ------------------------------------------------------------------ structure in / out
     @classmethod
     def from_structure(cls, structure, symprec: float = 0.01, angle_tolerance: float = 5.0) -> Crystal:
-        """Canonical Wyckoff representation of an ordered pymatgen ``Structure`` (or ASE ``Atoms``).
+        """Canonical Wyckoff representation of an ordered structure.
+
+        ``structure``: a pymatgen ``Structure``, ASE ``Atoms``, CIF text or a path to a structure file.
 
         Raises :class:`CrystalError` (a ``ValueError``) naming the reason for disordered
         structures, unknown species, symmetry failures and orbits that do not fit the tables.
         """
         import spglib
 
-        structure = _as_structure(structure)
+        from .io import to_structure
+
+        structure = to_structure(structure)
         if len(structure) == 0:
             raise CrystalError("empty", "structure has no atoms")
         if not structure.is_ordered:
@@ -211,18 +215,6 @@ class Crystal:
 
 
 # ---------------------------------------------------------------------- helpers
-def _as_structure(obj) -> Structure:
-    from pymatgen.core import Structure
-
-    if isinstance(obj, Structure):
-        return obj
-    if type(obj).__name__ == "Atoms" and type(obj).__module__.startswith("ase"):
-        from pymatgen.io.ase import AseAtomsAdaptor
-
-        return AseAtomsAdaptor.get_structure(obj)
-    raise TypeError(f"expected a pymatgen Structure or ASE Atoms, got {type(obj).__name__}")
-
-
 @functools.lru_cache(maxsize=None)
 def _atomic_number(symbol: str) -> int:
     from pymatgen.core.periodic_table import Element
