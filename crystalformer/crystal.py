@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 
 MAX_Z = 103  # elements H..Lr form the vocabulary
 
-_FIT_TOL = 1e-3  # fractional tolerance when matching idealized positions to the tables
+# spglib's standardized positions are idealized only up to about symprec (seen: ~0.003 in
+# fractional units after an arbitrary origin shift of an I4 crystal), so orbit matching uses a
+# fractional tolerance of 2 * symprec / (shortest cell edge), and at least 1e-3.
+_MIN_FIT_TOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,22 @@ class Crystal:
         sg = space_group(self.space_group)
         return " ".join(sg.position(s.letter).label for s in self.sites)
 
+    def isclose(self, other: Crystal, atol: float = 1e-6, lattice_rtol: float = 1e-6) -> bool:
+        """Same space group, letters and elements; free parameters within ``atol`` (mod 1); lattice within rtol.
+
+        Symmetry analysis of the same crystal given in another orientation, atom order or by
+        lattice translation reproduces the Crystal to ~1e-10, not bit for bit.
+        """
+        if self.space_group != other.space_group or len(self.sites) != len(other.sites):
+            return False
+        for a, b in zip(self.sites, other.sites):
+            if a.letter != b.letter or a.element != b.element:
+                return False
+            d = np.asarray(a.params) - np.asarray(b.params)
+            if np.any(np.abs(d - np.round(d)) > atol):
+                return False
+        return bool(np.allclose(self.lattice, other.lattice, rtol=lattice_rtol, atol=0))
+
     # ------------------------------------------------------------------ structure in / out
     @classmethod
     def from_structure(cls, structure, symprec: float = 0.01, angle_tolerance: float = 5.0) -> Crystal:
@@ -141,8 +160,9 @@ class Crystal:
             if ds is None or ds.number != sg.number:
                 raise CrystalError("symmetry", f"spglib could not standardize {structure.composition.formula} "
                                                f"in the setting of space group {sg.number} ({sg.symbol})")
-        sites = _sites_from_dataset(ds, sg)
         lattice = _lattice_parameters(np.asarray(ds.std_lattice))
+        tol = max(_MIN_FIT_TOL, 2.0 * symprec / float(min(lattice[:3])))
+        sites = _sites_from_dataset(ds, sg, tol)
         lattice = expand_lattice(reduce_lattice(lattice, sg.crystal_system, tol=1e-2), sg.crystal_system)
         return cls(space_group=sg.number, sites=tuple(sites), lattice=tuple(float(v) for v in lattice))
 
@@ -245,51 +265,76 @@ def _lattice_parameters(matrix: np.ndarray) -> np.ndarray:
     return np.array([*lengths, angle(b, c), angle(a, c), angle(a, b)])
 
 
-def _sites_from_dataset(ds, sg) -> list[Site]:
+def _sites_from_dataset(ds, sg, tol: float) -> list[Site]:
     """One canonical Site per orbit of spglib's standardized conventional cell."""
     from pymatgen.core.periodic_table import Element
 
     std_pos = np.asarray(ds.std_positions, dtype=float)
     std_types = np.asarray(ds.std_types)
-    # std atom -> primitive atom -> an input atom: its Wyckoff letter and orbit id
-    prim_to_input = {int(p): i for i, p in enumerate(ds.mapping_to_primitive)}
-    input_idx = np.array([prim_to_input[int(p)] for p in ds.std_mapping_to_primitive])
-    orbit_ids = np.asarray(ds.equivalent_atoms)[input_idx]
+    # Wyckoff letter of each standardized atom: std atom -> primitive atom -> an input atom's letter.
+    # Orbits are then found on the standardized cell itself with the tables (spglib's
+    # equivalent_atoms refer to the input cell and split orbits of supercells).
+    letter_of_prim = {int(p): ds.wyckoffs[i] for i, p in enumerate(ds.mapping_to_primitive)}
+    letters = np.array([letter_of_prim[int(p)] for p in ds.std_mapping_to_primitive])
     sites = []
-    for orbit in np.unique(orbit_ids):
-        members = np.flatnonzero(orbit_ids == orbit)
-        letter = ds.wyckoffs[input_idx[members[0]]]
-        element = Element.from_Z(int(std_types[members[0]])).symbol
-        pts = std_pos[members]
-        wp, params = _fit_orbit(sg, letter, pts, element)
-        sites.append(Site(wp.letter, element, tuple(float(p) for p in params)))
+    for z in np.unique(std_types):
+        element = Element.from_Z(int(z)).symbol
+        for letter in np.unique(letters[std_types == z]):
+            pool = std_pos[(std_types == z) & (letters == letter)]
+            while len(pool):
+                wp, params, members = _extract_orbit(sg, str(letter), pool, element, tol)
+                sites.append(Site(wp.letter, element, tuple(float(p) for p in params)))
+                pool = pool[~members]
     sites.sort(key=lambda s: (LETTERS.index(s.letter), _atomic_number(s.element), tuple(round(p, 6) for p in s.params)))
     return sites
 
 
-def _fit_orbit(sg, letter: str, pts: np.ndarray, element: str):
-    """The Wyckoff position and canonical free parameters of one orbit (points (m, 3))."""
-    candidates = [sg.position(letter)] + [w for w in sg.wyckoff if w.letter != letter and w.multiplicity == len(pts)]
+def _extract_orbit(sg, letter: str, pool: np.ndarray, element: str, tol: float):
+    """One orbit out of ``pool`` (n, 3): its Wyckoff position, canonical free parameters, member mask (n,).
+
+    The orbit is generated from the first pool point that satisfies the position's first
+    operation; its canonical parameters are the lexicographically smallest (rounded to 1e-6)
+    over all members that satisfy the first operation.
+    """
+    primary = sg.position(letter)
+    candidates = [primary] + [w for w in sg.wyckoff if w is not primary and w.multiplicity == primary.multiplicity]
     for wp in candidates:
-        if wp.multiplicity != len(pts):
-            continue
-        fits = [u for u in (wp.fit_first_op(p, _FIT_TOL) for p in pts) if u is not None]
-        fits = [np.where(u > 1 - 1e-6, 0.0, u) for u in fits]  # 0.9999999 -> 0
-        if not fits:
-            continue
-        best = min(fits, key=lambda u: tuple(np.round(u, 6)))
-        if _same_orbit(wp.orbit(best), pts):
-            return wp, best
-    raise CrystalError("wyckoff", f"orbit of {len(pts)} {element} atoms labelled {letter} by spglib does not fit "
-                                  f"any Wyckoff position of space group {sg.number} ({sg.symbol})")
+        for p in pool:
+            u = wp.fit_first_op(p, tol)
+            if u is None:
+                continue
+            d = wp.orbit(u)[:, None, :] - pool[None, :, :]  # (m, n, 3)
+            d -= np.round(d)
+            close = np.all(np.abs(d) < tol, axis=-1)  # (m, n)
+            members = close.any(axis=0)
+            if not close.any(axis=1).all() or members.sum() != wp.multiplicity:
+                continue
+            fits = [f for f in (wp.fit_first_op(q, tol) for q in pool[members]) if f is not None]
+            best = min(fits, key=lambda f: tuple(np.round(np.where(f > 1 - 1e-6, 0.0, f), 6)))
+            return wp, _least_squares_params(wp, best, pool[members]), members
+    raise CrystalError("wyckoff", f"{len(pool)} {element} atoms labelled {primary.label} by spglib do not form an "
+                                  f"orbit of any Wyckoff position of space group {sg.number} ({sg.symbol})")
 
 
-def _same_orbit(a: np.ndarray, b: np.ndarray, tol: float = 2e-3) -> bool:
-    """Whether two point sets (m, 3) are equal modulo lattice translations."""
-    d = a[:, None, :] - b[None, :, :]  # (m, m, 3)
+def _least_squares_params(wp, u: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """Free parameters that best fit the whole orbit (least squares over every image), wrapped.
+
+    spglib's standardized positions of a slightly distorted input are symmetric only to about
+    symprec; fitting all m images instead of one averages that noise out, so the same crystal
+    given with its atoms in another order yields the same parameters to ~1e-10.
+    """
+    if wp.dof == 0:
+        return u
+    orbit = np.einsum("mik,k->mi", wp.orbit_rotations, u) + wp.orbit_translations  # (m, 3) unwrapped
+    d = orbit[:, None, :] - members[None, :, :]  # (m, m, 3)
     d -= np.round(d)
-    close = np.all(np.abs(d) < tol, axis=-1)  # (m, m)
-    return bool(np.all(close.any(axis=0)) and np.all(close.any(axis=1)))
+    match = np.argmin(np.abs(d).max(axis=-1), axis=1)  # image i -> member
+    target = members[match] + np.round(orbit - members[match])  # (m, 3), members moved next to the images
+    A = wp.orbit_rotations.reshape(-1, wp.dof)  # (3m, k)
+    b = (target - wp.orbit_translations).reshape(-1)  # (3m,)
+    refined = np.linalg.lstsq(A, b, rcond=None)[0]
+    refined -= np.floor(refined)
+    return np.where(refined > 1 - 1e-9, 0.0, refined)
 
 
 def _parse_float(word: str, text: str) -> float:
