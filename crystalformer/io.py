@@ -91,7 +91,7 @@ def to_structure(obj):
 
     if isinstance(obj, Structure):
         return obj
-    if type(obj).__name__ == "Atoms" and type(obj).__module__.startswith("ase"):
+    if _is_ase_atoms(obj):
         from pymatgen.io.ase import AseAtomsAdaptor
 
         return AseAtomsAdaptor.get_structure(obj)
@@ -112,6 +112,14 @@ def to_structure(obj):
                 raise CrystalError("parse", f"{path}: unreadable structure file ({err})") from None
     raise TypeError(f"cannot make a structure from {type(obj).__name__}; expected a pymatgen Structure, "
                     "ASE Atoms, CIF text or a file path")
+
+
+def _is_ase_atoms(obj) -> bool:
+    try:
+        from ase import Atoms
+    except ImportError:
+        return False
+    return isinstance(obj, Atoms)
 
 
 def _is_nan(v) -> bool:
