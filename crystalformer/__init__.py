@@ -14,6 +14,10 @@ _EXPORTS = {
     "Site": "crystalformer.crystal",
     "CrystalError": "crystalformer.errors",
     "CrystalTokenizer": "crystalformer.tokenizer",
+    "Grammar": "crystalformer.grammar",
+    "PrepareConfig": "crystalformer.data",
+    "prepare": "crystalformer.data",
+    "load_prepared": "crystalformer.data",
     "space_group": "crystalformer.symmetry",
 }
 

@@ -9,13 +9,20 @@ Canonical form built by :meth:`Crystal.from_structure` (DESIGN section 3):
 1. Symmetry from spglib (one source for space group, standardized conventional cell and
    Wyckoff letters), run with the Hall number of the tables' setting so that spglib's letters
    and the tables agree (they differ by origin choice otherwise, e.g. Fd-3m).
-2. Each orbit is represented by the image that satisfies its Wyckoff position's first
-   operation; when several images do (``(x, x, 0)`` and ``(-x, -x, 0)`` both fit
-   ``x, x, 0``), the one with the lexicographically smallest wrapped free parameters
-   (compared after rounding to 1e-6) is kept.
+2. Orbits are found on spglib's standardized cell with the tables. Each is represented by
+   the image that satisfies its Wyckoff position's first operation; when several images do
+   (``(x, x, 0)`` and ``(-x, -x, 0)`` both fit ``x, x, 0``), the one with the
+   lexicographically smallest wrapped free parameters (compared after rounding to 1e-6) is
+   kept, and its parameters are then fitted by least squares to all images of the orbit
+   (averaging the residual asymmetry of slightly distorted inputs).
 3. Sites are ordered by Wyckoff letter (a first), then atomic number, then free parameters.
 4. The lattice is spglib's idealized conventional cell; only the crystal system's free
    parameters are independent (see :mod:`crystalformer.symmetry.lattice`).
+
+The form is invariant under atom permutations, lattice translations and rotations of the
+input. It is not unique under the space group's Euclidean normalizer: an input with another
+origin (or a supercell) may come out as an equivalent description (rock salt with Na on 4b
+and Cl on 4a, or x -> 1/2 - x), always of the same structure.
 
 ``symprec`` defaults to 0.01 Å (strict, as CrystalFormer); Materials Project uses 0.1 Å,
 which finds higher symmetry in slightly distorted structures.

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .crystal import _atomic_number
 from .symmetry import free_lattice_names, space_group
 from .tokenizer import (
     AXIS_TOKENS,
@@ -104,7 +105,9 @@ class Grammar:
         self.count_of_id = {int(i): n + 1 for n, i in enumerate(self.count_ids)}
         self.axis_ids = [tid(t) for t in AXIS_TOKENS]
         self._sg_of_id = {int(i): n + 1 for n, i in enumerate(self.sg_ids)}
-        self._element_z = {int(i): z for z, i in enumerate(self.element_ids, start=1)}
+        # atomic numbers from the symbols, not from vocabulary order: a loaded vocabulary may list elements in any order
+        self._z_of_element = np.array([_atomic_number(tokenizer.vocab[i]) for i in self.element_ids])
+        self._element_z = dict(zip(self.element_ids.tolist(), self._z_of_element.tolist()))
 
     # ------------------------------------------------------------------ public API
     def start(self) -> GrammarState:
@@ -121,7 +124,7 @@ class Grammar:
             mask[self.sg_ids] = True
         elif ph == Phase.COMP_ELEMENT:
             last_z = self._element_z[state.prompt[-1][0]] if state.prompt else 0
-            mask[self.element_ids[last_z:]] = True  # strictly increasing atomic number
+            mask[self.element_ids[self._z_of_element > last_z]] = True  # strictly increasing atomic number
             mask[self.end_comp] = bool(state.prompt)
         elif ph == Phase.COMP_COUNT:
             mask[self.count_ids] = True
@@ -192,8 +195,9 @@ class Grammar:
         for pos, t in enumerate(np.asarray(ids).reshape(-1)):
             try:
                 states.append(self.step(states[-1], int(t)))
-            except IllegalTokenError as err:
-                words = " ".join(self.tokenizer.to_words(ids))
+            except IllegalTokenError as err:  # ids outside the vocabulary are shown as numbers
+                words = " ".join(self.tokenizer.vocab[i] if 0 <= i < self.V else str(i)
+                                 for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist())
                 raise IllegalTokenError(f"position {pos}: {err} in {words!r}") from None
         return states
 

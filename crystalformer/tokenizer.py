@@ -201,6 +201,12 @@ class CrystalTokenizer:
         """
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         values = np.zeros(len(ids)) if values is None else np.asarray(values, dtype=np.float64).reshape(-1)
+        if values.shape != ids.shape:
+            raise ValueError(f"cannot decode token stream: {len(ids)} ids but {len(values)} values")
+        bad = np.flatnonzero((ids < 0) | (ids >= self.vocab_size))
+        if bad.size:  # a negative id would otherwise index the vocabulary from its end
+            raise ValueError(f"cannot decode token stream: id {int(ids[bad[0]])} at position {int(bad[0])} is not "
+                             f"in the vocabulary (0..{self.vocab_size - 1})")
         toks = [self.vocab[i] for i in ids]
         pos = 0
 
@@ -210,18 +216,30 @@ class CrystalTokenizer:
                 raise ValueError(f"cannot decode token stream: expected {what} at position {pos}, got {got!r} "
                                  f"in {' '.join(toks)!r}")
 
+        def slot_is(slot: Slot) -> bool:
+            return pos < len(toks) and self.token_slot(ids[pos]) == slot
+
+        def value() -> float:
+            expect(bool(np.isfinite(values[pos])), f"a finite value (got {values[pos]})")
+            return float(values[pos])
+
         expect(pos < len(toks) and toks[pos] == BOS, BOS)
         pos += 1
-        if pos < len(toks) and toks[pos] == COMP:
-            while pos < len(toks) and toks[pos] != END_COMP:
-                pos += 1
-            expect(pos < len(toks), END_COMP)
+        if pos < len(toks) and toks[pos] == COMP:  # the prompt's structure only; grammar checks its counts
             pos += 1
-        expect(pos < len(toks) and toks[pos].startswith("SG"), "a space-group token")
+            while not (pos < len(toks) and toks[pos] == END_COMP):
+                expect(slot_is(Slot.ELEMENT), f"a prompt element or {END_COMP}")
+                pos += 1
+                expect(slot_is(Slot.COMP_COUNT), "a prompt count")
+                pos += 1
+            pos += 1
+        expect(slot_is(Slot.SPACE_GROUP), "a space-group token")
         sg = space_group(int(toks[pos][2:]))
         pos += 1
+        letters = {wyckoff_token(wp.letter) for wp in sg.wyckoff}
         sites = []
-        while pos < len(toks) and toks[pos].startswith("W_"):
+        while slot_is(Slot.WYCKOFF):
+            expect(toks[pos] in letters, f"{STOP} or a Wyckoff letter of space group {sg.number}")
             wp = sg.position(toks[pos][2:])
             pos += 1
             expect(pos < len(toks) and self.token_slot(ids[pos]) == Slot.ELEMENT, "an element")
@@ -230,17 +248,22 @@ class CrystalTokenizer:
             params = []
             for axis in wp.free_axes:
                 expect(pos < len(toks) and toks[pos] == AXIS_TOKENS[axis], AXIS_TOKENS[axis])
-                params.append(float(values[pos]))
+                params.append(value())
                 pos += 1
             sites.append(Site(wp.letter, element, tuple(params)))
         expect(pos < len(toks) and toks[pos] == STOP, f"{STOP} or a Wyckoff letter of space group {sg.number}")
+        expect(bool(sites), f"a Wyckoff letter of space group {sg.number} (a crystal needs at least one site)")
         pos += 1
         free = []
         for name in free_lattice_names(sg.crystal_system):
             expect(pos < len(toks) and toks[pos] == lattice_token(name), lattice_token(name))
-            free.append(float(values[pos]))
+            free.append(value())
             pos += 1
         expect(pos < len(toks) and toks[pos] == EOS, EOS)
+        pos += 1
+        while pos < len(toks):  # only padding may follow [EOS]
+            expect(toks[pos] == PAD, f"{PAD} after {EOS}")
+            pos += 1
         lattice = expand_lattice(free, sg.crystal_system)
         return Crystal(sg.number, tuple(sites), tuple(float(v) for v in lattice))
 
@@ -268,9 +291,20 @@ class CrystalTokenizer:
             path = path / "tokenizer.json"
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer.json at {path}")
-        hf = Tokenizer.from_file(str(path))
-        vocab = sorted(hf.get_vocab(), key=hf.get_vocab().get)
-        return cls(vocab=vocab)
+        try:
+            hf = Tokenizer.from_file(str(path))
+        except Exception as err:  # tokenizers raises a bare Exception for unreadable files
+            raise ValueError(f"cannot read tokenizer {path}: {err}") from None
+        token_to_id = hf.get_vocab()
+        vocab = sorted(token_to_id, key=token_to_id.get)
+        # ids are list positions here: a gap or a repeated id in the file would silently shift every later token
+        if sorted(token_to_id.values()) != list(range(len(vocab))):
+            raise ValueError(f"tokenizer vocabulary in {path} must use the ids 0..{len(vocab) - 1} once each; "
+                             f"first bad id at rank {_first_mismatch(sorted(token_to_id.values()))}")
+        try:
+            return cls(vocab=vocab)
+        except ValueError as err:
+            raise ValueError(f"tokenizer vocabulary in {path} is not a CrystalTokenizer vocabulary: {err}") from None
 
 
 def _slot_of_token(token: str) -> int:
@@ -301,3 +335,11 @@ def _check_vocabulary(vocab: list[str]) -> None:
     for tok in vocab:
         if _slot_of_token(tok) == Slot.ELEMENT:
             _atomic_number(tok)  # raises for unknown symbols
+    counts = sorted(int(t[1:]) for t in vocab if _slot_of_token(t) == Slot.COMP_COUNT)
+    if counts != list(range(1, len(counts) + 1)):  # max_count and the grammar assume N1..N<max_count>
+        raise ValueError(f"tokenizer count tokens must be N1..N{len(counts)} without gaps, got "
+                         f"{[count_token(n) for n in counts[:3]]} .. {count_token(counts[-1])}")
+
+
+def _first_mismatch(ids: list[int]) -> int:
+    return next(i for i, v in enumerate(ids) if v != i)
