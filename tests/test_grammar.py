@@ -195,9 +195,12 @@ def _random_walk(grammar, tok, rng, state=None, prefix=()):
 def test_random_walks_decode_to_crystals(tok):
     rng = np.random.default_rng(0)
     grammar = Grammar(tok, n_max=4)
+    after_bos = grammar.step(grammar.start(), tok.id("[BOS]"))
     for _ in range(100):
-        ids, values = _random_walk(grammar, tok, rng)
-        # a legal walk may choose [COMP] and then any prompt; decode works either way
+        # unconditional walks: a random composition prompt is mostly infeasible (tested elsewhere)
+        sg = int(rng.choice(grammar.sg_ids))
+        ids, values = _random_walk(grammar, tok, rng, state=grammar.step(after_bos, sg),
+                                   prefix=(tok.id("[BOS]"), sg))
         crystal = tok.decode(ids, values)
         assert 1 <= len(crystal.sites) <= 4
         assert len(crystal.to_structure()) == crystal.num_atoms
