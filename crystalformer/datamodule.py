@@ -1,54 +1,128 @@
-"""Batches of token streams from prepared directories: Dataset, collate, LightningDataModule.
+"""Batches of token streams from prepared directories: Dataset, sampler, collate, LightningDataModule.
 
-Whether an example carries its composition prompt is drawn per (seed, epoch, index) from its
-own ``numpy`` generator, so batches are reproducible and identical with any number of
-DataLoader worker processes; call ``set_epoch`` to draw afresh each epoch.
+Composition prompt (DESIGN section 4): one model serves both p(X) and p(X | composition)
+when a random fraction of training examples carry their ``[COMP] .. [/COMP]`` prompt after
+``[BOS]``. Which examples do is drawn for the whole data set at once from a
+``torch.Generator`` seeded by (seed, epoch) (:func:`prompt_flags`), never from global state.
+:class:`PromptSampler` draws the flags in the main process and hands ``(index, with_prompt)``
+to the Dataset, so the batches are identical with any number of DataLoader workers and
+change from epoch to epoch (Lightning calls ``set_epoch``; a plain loop advances it by one
+per pass). Validation keeps the epoch-0 draw so that its loss is comparable across epochs.
 """
 
 from __future__ import annotations
 
+import os
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 
-from .data import PrepareConfig, load_prepared, prepare
+from .data import PrepareConfig, PreparedData, load_prepared, prepare
+
+
+def _seed(*keys: int) -> int:
+    """A 63-bit torch seed mixed from integer keys (numpy SeedSequence: nearby keys give unrelated streams)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def prompt_flags(n: int, prompt_fraction: float, seed: int, epoch: int = 0) -> torch.Tensor:
+    """(n,) bool: which examples carry the composition prompt in this epoch (Bernoulli(prompt_fraction) each)."""
+    if prompt_fraction in (0.0, 1.0):
+        return torch.full((n,), prompt_fraction == 1.0, dtype=torch.bool)
+    generator = torch.Generator().manual_seed(_seed(seed, epoch, 0))
+    return torch.rand(n, generator=generator) < prompt_fraction
 
 
 class CrystalDataset(torch.utils.data.Dataset):
-    """Token streams of one or more prepared directories."""
+    """Token streams of one or more prepared directories (or :class:`PreparedData`), concatenated.
 
-    def __init__(self, prepared_dirs, prompt_fraction: float = 0.5, seed: int = 0):
+    ``dataset[i]`` uses the prompt flag of epoch 0 (or of :meth:`set_epoch`);
+    ``dataset[(i, with_prompt)]`` (what :class:`PromptSampler` yields) decides it explicitly.
+    """
+
+    def __init__(self, prepared, prompt_fraction: float = 0.5, seed: int = 0):
         if not 0.0 <= prompt_fraction <= 1.0:
             raise ValueError(f"prompt_fraction must be in [0, 1], got {prompt_fraction}")
-        dirs = [prepared_dirs] if isinstance(prepared_dirs, (str, Path)) else list(prepared_dirs)
-        self.parts = [load_prepared(d) for d in dirs]
-        self.index = [(p, i) for p, part in enumerate(self.parts) for i in range(len(part))]
+        items = [prepared] if isinstance(prepared, (str, Path, PreparedData)) else list(prepared)
+        if not items:
+            raise ValueError("CrystalDataset needs at least one prepared directory")
+        self.parts = [p if isinstance(p, PreparedData) else load_prepared(p) for p in items]
+        vocabularies = {p.meta["vocab_size"] for p in self.parts}
+        if len(vocabularies) > 1:
+            raise ValueError(f"prepared directories use different vocabularies (sizes {sorted(vocabularies)})")
+        sizes = [len(p) for p in self.parts]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # (parts + 1,)
         self.prompt_fraction = prompt_fraction
         self.seed = seed
-        self.epoch = 0
+        self.set_epoch(0)
+
+    @property
+    def pad_id(self) -> int:
+        return self.parts[0].tokenizer.pad_id
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.flags = prompt_flags(len(self), self.prompt_fraction, self.seed, epoch)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return int(self.starts[-1])
 
-    def with_prompt(self, idx: int) -> bool:
-        if self.prompt_fraction in (0.0, 1.0):
-            return self.prompt_fraction == 1.0
-        return bool(np.random.default_rng([self.seed, self.epoch, idx]).random() < self.prompt_fraction)
+    def locate(self, idx: int) -> tuple[PreparedData, int]:
+        """The prepared part holding example ``idx`` and the index within it."""
+        if not 0 <= idx < len(self):
+            raise IndexError(f"index {idx} out of range for a dataset of {len(self)} crystals")
+        part = int(np.searchsorted(self.starts, idx, side="right")) - 1
+        return self.parts[part], idx - int(self.starts[part])
 
-    def __getitem__(self, idx: int) -> dict:
-        part, i = self.index[idx]
-        ids, values, slots = self.parts[part].stream(i, with_prompt=self.with_prompt(idx))
-        return {"ids": ids, "values": values, "slots": slots,
-                "num_atoms": int(self.parts[part].tensors["num_atoms"][i])}
+    def __getitem__(self, item) -> dict:
+        idx, with_prompt = item if isinstance(item, tuple) else (item, bool(self.flags[item]))
+        part, i = self.locate(int(idx))
+        ids, values, slots = part.stream(i, with_prompt=bool(with_prompt))
+        return {"ids": ids, "values": values, "slots": slots, "num_atoms": int(part.tensors["num_atoms"][i])}
+
+
+class PromptSampler(torch.utils.data.Sampler):
+    """Yields ``(index, with_prompt)``: indices shuffled (or in order) and prompt flags, both drawn per epoch.
+
+    ``per_epoch=False`` keeps epoch 0's order and flags for ever (validation).
+    """
+
+    def __init__(self, dataset: CrystalDataset, shuffle: bool = True, seed: int = 0, per_epoch: bool = True):
+        self.n, self.prompt_fraction = len(dataset), dataset.prompt_fraction
+        self.shuffle, self.seed, self.per_epoch = shuffle, seed, per_epoch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.per_epoch:
+            self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        flags = prompt_flags(self.n, self.prompt_fraction, self.seed, self.epoch).tolist()
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch, 1)))
+            order = order.tolist()
+        else:
+            order = range(self.n)
+        if self.per_epoch:
+            self.epoch += 1  # the next pass draws afresh unless set_epoch says otherwise
+        return iter([(i, flags[i]) for i in order])
 
 
 def collate(examples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Pad to the longest stream: ids (B, T) long, values (B, T) float32, slots (B, T) long, mask (B, T) bool."""
+    """Pad to the longest stream in the batch.
+
+    Returns ids (B, T) long (``pad_id`` after the end), values (B, T) float32 (0 there),
+    slots (B, T) long (``Slot.PAD`` = 0 there), mask (B, T) bool (True on real tokens),
+    num_atoms (B,) long.
+    """
+    if not examples:
+        raise ValueError("cannot collate an empty batch")
     B = len(examples)
     T = max(len(e["ids"]) for e in examples)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
@@ -57,73 +131,85 @@ def collate(examples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
     mask = torch.zeros((B, T), dtype=torch.bool)
     for b, e in enumerate(examples):
         n = len(e["ids"])
-        ids[b, :n] = torch.as_tensor(e["ids"])
+        ids[b, :n] = torch.as_tensor(e["ids"], dtype=torch.long)
         values[b, :n] = torch.as_tensor(e["values"], dtype=torch.float32)
-        slots[b, :n] = torch.as_tensor(e["slots"])
+        slots[b, :n] = torch.as_tensor(e["slots"], dtype=torch.long)
         mask[b, :n] = True
-    num_atoms = torch.tensor([e["num_atoms"] for e in examples], dtype=torch.long)
+    num_atoms = torch.tensor([e["num_atoms"] for e in examples], dtype=torch.long)  # (B,)
     return {"ids": ids, "values": values, "slots": slots, "mask": mask, "num_atoms": num_atoms}
 
 
-def _as_prepared(paths, cache_dir: Path, config: PrepareConfig) -> list[Path]:
-    """Prepared directories for ``paths``: prepared dirs pass through, CSV / CIF inputs are prepared (cached)."""
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/crystalformer/prepared`` (``~/.cache/...`` by default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "crystalformer" / "prepared"
+
+
+def as_prepared(inputs, cache_dir, config: PrepareConfig, progress: bool = True) -> list[Path]:
+    """Prepared directories for ``inputs``: prepared dirs pass through; CSV / CIF inputs are prepared
+    (cached) into ``cache_dir/<name>-<hash of the resolved path>``."""
+    import hashlib
+
     out = []
-    for p in [paths] if isinstance(paths, (str, Path)) else paths:
+    for p in [inputs] if isinstance(inputs, (str, Path)) else inputs:
         p = Path(p)
         if (p / "meta.json").is_file():
             out.append(p)
             continue
-        target = cache_dir / f"{p.parent.name}_{p.stem}"
-        prepare([p], target, config)
+        key = hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:10]
+        target = Path(cache_dir) / f"{p.name.split('.')[0]}-{key}"
+        prepare([p], target, config, progress=progress)
         out.append(target)
     return out
 
 
 class CrystalDataModule(L.LightningDataModule):
-    """Train / val token streams from prepared directories or CSV / CIF inputs (prepared into ``cache_dir``)."""
+    """Train / val batches from prepared directories, or from CSV / CIF inputs prepared into ``cache_dir``.
+
+    ``train`` / ``val``: a path or a list of paths (prepared directories, CDVAE CSV files, CIF
+    files or folders); several are concatenated. ``seed`` fixes shuffling and prompt draws.
+    """
 
     def __init__(self, train, val=None, batch_size: int = 64, num_workers: int = 0, prompt_fraction: float = 0.5,
-                 seed: int = 0, cache_dir="prepared", prepare_config: PrepareConfig | None = None):
+                 seed: int = 0, cache_dir=None, prepare_config: PrepareConfig | None = None):
         super().__init__()
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+        if not 0.0 <= prompt_fraction <= 1.0:
+            raise ValueError(f"prompt_fraction must be in [0, 1], got {prompt_fraction}")
         self.train_inputs, self.val_inputs = train, val
         self.batch_size, self.num_workers = batch_size, num_workers
         self.prompt_fraction, self.seed = prompt_fraction, seed
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.prepare_config = prepare_config or PrepareConfig()
         self.train_set: CrystalDataset | None = None
         self.val_set: CrystalDataset | None = None
 
     def prepare_data(self) -> None:
-        _as_prepared(self.train_inputs, self.cache_dir, self.prepare_config)
-        if self.val_inputs is not None:
-            _as_prepared(self.val_inputs, self.cache_dir, self.prepare_config)
+        """Runs on one process per node (Lightning): builds or reuses the caches."""
+        for inputs in (self.train_inputs, self.val_inputs):
+            if inputs is not None:
+                as_prepared(inputs, self.cache_dir, self.prepare_config)
 
     def setup(self, stage: str | None = None) -> None:
-        train_dirs = _as_prepared(self.train_inputs, self.cache_dir, self.prepare_config)
-        self.train_set = CrystalDataset(train_dirs, self.prompt_fraction, self.seed)
-        if self.val_inputs is not None:
-            val_dirs = _as_prepared(self.val_inputs, self.cache_dir, self.prepare_config)
-            self.val_set = CrystalDataset(val_dirs, self.prompt_fraction, self.seed + 1)
+        if self.train_set is None:
+            dirs = as_prepared(self.train_inputs, self.cache_dir, self.prepare_config, progress=False)
+            self.train_set = CrystalDataset(dirs, self.prompt_fraction, self.seed)
+        if self.val_set is None and self.val_inputs is not None:
+            dirs = as_prepared(self.val_inputs, self.cache_dir, self.prepare_config, progress=False)
+            self.val_set = CrystalDataset(dirs, self.prompt_fraction, self.seed + 1)
 
-    def _loader(self, dataset, shuffle: bool):
-        from functools import partial
-
-        from .tokenizer import PAD, CrystalTokenizer
-
-        generator = torch.Generator().manual_seed(self.seed)
+    def _loader(self, dataset: CrystalDataset, train: bool):
+        sampler = PromptSampler(dataset, shuffle=train, seed=dataset.seed, per_epoch=train)
         return torch.utils.data.DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            collate_fn=partial(collate, pad_id=CrystalTokenizer().id(PAD)), generator=generator,
+            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+            collate_fn=partial(collate, pad_id=dataset.pad_id),
+            generator=torch.Generator().manual_seed(_seed(self.seed, 2)),  # worker seeds: not the global RNG
             persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):
-        if self.train_set is None:
-            self.setup("fit")
-        return self._loader(self.train_set, shuffle=True)
+        self.setup("fit")
+        return self._loader(self.train_set, train=True)
 
     def val_dataloader(self):
-        if self.val_set is None:
-            if self.val_inputs is None:
-                return []
-            self.setup("validate")
-        return self._loader(self.val_set, shuffle=False)
+        self.setup("validate")
+        return [] if self.val_set is None else self._loader(self.val_set, train=False)

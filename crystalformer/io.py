@@ -1,12 +1,14 @@
 """Reading crystals: CDVAE-format CSV files, CIF files and folders, pymatgen and ASE objects.
 
-A *record* is one input structure as text plus where it came from, so that every skipped
-input can be reported by file, row and material id.
+A :class:`Record` is one input structure as CIF text plus where it came from (file, row,
+material id) and its numeric property columns, so that every skipped input can be reported
+by file, row and material id, and every kept one keeps its properties.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,45 +16,69 @@ from pathlib import Path
 
 from .errors import CrystalError
 
+CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zip")  # what pandas reads as CSV
+
+# pymatgen's CIF parser reports every tidied coordinate as a UserWarning ("8 fractional
+# coordinates rounded to ideal values ..."): one per structure in the CDVAE files. These
+# notes are silenced while parsing; the ones of a CIF that fails are quoted in its error.
+_CIF_WARNING_MODULE = r"pymatgen\.io\.cif"
+
+# a CIF data block starts with "data_<name>" at the start of a line (CIF 1.1 section 2.2.7.1)
+_DATA_BLOCK = re.compile(r"^data_(\S*)", re.MULTILINE | re.IGNORECASE)
+
 
 @dataclass(frozen=True)
 class Record:
     """One input structure: its CIF text and provenance."""
 
     source: str  # file the record came from
-    row: int  # row index in a CSV (0-based, header excluded); 0 for a CIF file
-    material_id: str
+    row: int  # 0-based row of a CSV (header excluded), or data-block index of a CIF file
+    material_id: str  # the CSV's material_id (the row number when there is none), or the CIF's name
     cif: str
-    properties: dict[str, float] = field(default_factory=dict)  # numeric CSV columns
+    properties: dict[str, float | int | bool] = field(default_factory=dict)  # numeric CSV columns of the row
+
+
+def is_csv(path) -> bool:
+    return str(path).lower().endswith(CSV_SUFFIXES)
 
 
 def read_csv_records(path) -> Iterator[Record]:
-    """Records of a CDVAE-format CSV: a ``cif`` column; ``material_id`` and numeric columns are kept.
+    """Records of a CDVAE-format CSV: any CSV with a ``cif`` column.
 
-    Rows without a ``material_id`` column are named ``row<i>``.
+    ``material_id`` is optional (the 0-based row number stands in for it). Numeric columns
+    (float, int, bool) other than the unnamed index column become the record's properties;
+    empty (and non-finite) cells are left out. Text columns (``formula``, ``elements``, ...) are not kept.
     """
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CSV file not found: {path}")
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read CSV file {path}: {err}") from None
     if "cif" not in df.columns:
         raise ValueError(f"{path} has no 'cif' column (columns: {list(df.columns)[:10]}); "
-                         "expected the CDVAE CSV format")
+                         "expected the CDVAE CSV format: material_id, cif, property columns")
     numeric = [c for c in df.columns if c not in ("cif", "material_id") and not str(c).startswith("Unnamed")
-               and pd.api.types.is_numeric_dtype(df[c])]
-    ids = df["material_id"].astype(str) if "material_id" in df.columns else [f"row{i}" for i in range(len(df))]
-    for i, (mid, cif) in enumerate(zip(ids, df["cif"])):
-        props = {c: float(df[c].iat[i]) for c in numeric if not _is_nan(df[c].iat[i])}
-        yield Record(str(path), i, str(mid), cif if isinstance(cif, str) else "", props)
+               and (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))]
+    ids = df["material_id"].astype(str).tolist() if "material_id" in df.columns else [str(i) for i in range(len(df))]
+    columns = {c: df[c].tolist() for c in numeric}  # native Python int / float / bool
+    for i, (mid, cif) in enumerate(zip(ids, df["cif"].tolist())):
+        props = {c: v for c, values in columns.items() if not _is_missing(v := values[i])}
+        yield Record(str(path), i, mid, cif if isinstance(cif, str) else "", props)
 
 
 def read_cif_records(path) -> Iterator[Record]:
-    """Records of one CIF file or of every ``*.cif`` file in a folder (sorted by name)."""
+    """Records of one CIF file or of every ``*.cif`` file in a folder (sorted by name, not recursive).
+
+    A file with several data blocks yields one record per block (``row`` = block index,
+    ``material_id`` = ``<file stem>:<block name>``); a single-block file is named by its stem.
+    """
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("*.cif"))
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".cif")
         if not files:
             raise FileNotFoundError(f"no *.cif files in folder {path}")
     elif path.is_file():
@@ -60,33 +86,59 @@ def read_cif_records(path) -> Iterator[Record]:
     else:
         raise FileNotFoundError(f"CIF file or folder not found: {path}")
     for f in files:
-        yield Record(str(f), 0, f.stem, f.read_text(errors="replace"))
+        blocks = split_cif_blocks(f.read_text(errors="replace"))
+        if len(blocks) == 1:
+            yield Record(str(f), 0, f.stem, blocks[0][1])
+            continue
+        for i, (name, text) in enumerate(blocks):
+            yield Record(str(f), i, f"{f.stem}:{name or i}", text)
+
+
+def split_cif_blocks(text: str) -> list[tuple[str, str]]:
+    """(block name, block text) of each ``data_`` block; the whole text when there are fewer than two."""
+    starts = list(_DATA_BLOCK.finditer(text))
+    if len(starts) < 2:
+        return [(starts[0].group(1) if starts else "", text)]
+    ends = [m.start() for m in starts[1:]] + [len(text)]
+    return [(m.group(1), text[m.start():end]) for m, end in zip(starts, ends)]
 
 
 def read_records(path) -> Iterator[Record]:
-    """Records of a CSV file, a CIF file or a folder of CIF files, chosen by what ``path`` is."""
-    path = Path(path)
-    if path.is_file() and path.suffix.lower() == ".csv":
-        return read_csv_records(path)
-    return read_cif_records(path)
+    """Records of a CSV file (by suffix), a CIF file or a folder of CIF files."""
+    return read_csv_records(path) if is_csv(path) else read_cif_records(path)
 
 
 def structure_from_cif(text: str, name: str = "<cif>"):
-    """Parse one CIF string into a pymatgen Structure; CrystalError(reason="parse") names the input."""
+    """Parse one CIF string into a pymatgen Structure.
+
+    Raises ``CrystalError(reason="parse")`` naming ``name`` and quoting the parser's notes
+    when the text holds no readable structure.
+    """
     from pymatgen.core import Structure
 
-    if not text or not text.strip():
+    if not isinstance(text, str) or not text.strip():
         raise CrystalError("parse", f"{name}: empty CIF")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "fractional coordinates rounded to ideal values" and similar notes
+    structure, error = None, None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", category=UserWarning, module=_CIF_WARNING_MODULE)
         try:
-            return Structure.from_str(text, fmt="cif")
+            structure = Structure.from_str(text, fmt="cif")
         except (ValueError, KeyError, IndexError, TypeError, AssertionError, ZeroDivisionError) as err:
-            raise CrystalError("parse", f"{name}: unreadable CIF ({type(err).__name__}: {err})") from None
+            error = err
+    _rewarn(caught)
+    if error is not None:
+        notes = "; ".join(dict.fromkeys(_cif_notes(caught)))
+        raise CrystalError("parse", f"{name}: unreadable CIF ({type(error).__name__}: {error})"
+                                    + (f" [parser notes: {notes}]" if notes else ""))
+    return structure
 
 
 def to_structure(obj):
-    """A pymatgen Structure from a Structure, ASE Atoms, CIF text, or a path to a CIF / POSCAR file."""
+    """A pymatgen Structure from a Structure, ASE Atoms, CIF text, or a path to a CIF / POSCAR / other file.
+
+    A string that contains a newline is read as CIF text; any other string is a path.
+    Unreadable inputs raise ``CrystalError(reason="parse")`` naming the input.
+    """
     from pymatgen.core import Structure
 
     if isinstance(obj, Structure):
@@ -95,23 +147,39 @@ def to_structure(obj):
         from pymatgen.io.ase import AseAtomsAdaptor
 
         return AseAtomsAdaptor.get_structure(obj)
+    if isinstance(obj, str) and "\n" in obj:
+        return structure_from_cif(obj)
     if isinstance(obj, (str, Path)):
-        text = str(obj)
-        if "\n" in text or text.lstrip().startswith("data_"):
-            return structure_from_cif(text)
         path = Path(obj)
         if not path.is_file():
             raise FileNotFoundError(f"structure file not found: {path}")
         if path.suffix.lower() == ".cif":
             return structure_from_cif(path.read_text(errors="replace"), str(path))
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"pymatgen\.io\.")
             try:
                 return Structure.from_file(path)
-            except (ValueError, KeyError, IndexError) as err:
-                raise CrystalError("parse", f"{path}: unreadable structure file ({err})") from None
+            except (ValueError, KeyError, IndexError, TypeError) as err:
+                raise CrystalError("parse", f"{path}: unreadable structure file "
+                                            f"({type(err).__name__}: {err})") from None
     raise TypeError(f"cannot make a structure from {type(obj).__name__}; expected a pymatgen Structure, "
                     "ASE Atoms, CIF text or a file path")
+
+
+def _cif_notes(caught) -> list[str]:
+    notes = [" ".join(str(w.message).split()) for w in caught if _from_cif_parser(w)]
+    return [n.removeprefix("Issues encountered while parsing CIF: ") for n in notes]
+
+
+def _from_cif_parser(w) -> bool:
+    return issubclass(w.category, UserWarning) and Path(w.filename).as_posix().endswith("pymatgen/io/cif.py")
+
+
+def _rewarn(caught) -> None:
+    """Pass on the warnings recorded while parsing that are not the CIF parser's notes."""
+    for w in caught:
+        if not _from_cif_parser(w):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _is_ase_atoms(obj) -> bool:
@@ -122,8 +190,5 @@ def _is_ase_atoms(obj) -> bool:
     return isinstance(obj, Atoms)
 
 
-def _is_nan(v) -> bool:
-    try:
-        return math.isnan(float(v))
-    except (TypeError, ValueError):
-        return True
+def _is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and not math.isfinite(v))

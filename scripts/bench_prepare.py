@@ -1,10 +1,12 @@
-"""Data-preparation throughput: structures per second with 1 and 2 processes.
+"""Benchmark `crystalformer.data.prepare`: structures per second with 1, 2, ... worker processes.
 
-    python scripts/bench_prepare.py --csv ../shared/data/mp_20/val.csv --repeats 3 --json bench_prepare.json
+Each run rebuilds from scratch (force=True) into a fresh temporary directory; the time is
+the whole call (hashing, parsing, symmetry analysis, tokens, writing). The median of
+``--repeats`` runs is reported per worker count, with the machine and package versions.
 
-Each run rebuilds the prepared directory from scratch (``force=True``) into a temporary
-directory: CIF parsing, symmetry analysis, canonical Wyckoff representation and tokenization.
-Prints a table of medians and writes JSON with every run, the machine and package versions.
+    python scripts/bench_prepare.py --workers 1 2 --repeats 3 --json bench_prepare.json
+
+The default input is ../shared/data/mp_20/val.csv beside the repository (see its README).
 """
 
 from __future__ import annotations
@@ -16,69 +18,82 @@ import platform
 import statistics
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
+
+from crystalformer.data import PrepareConfig, prepare
+
+DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp_20" / "val.csv"
+PACKAGES = ("crystalformer", "numpy", "spglib", "pymatgen", "pyxtal", "tokenizers", "safetensors", "torch")
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "unknown"
+    cpu = "unknown"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "platform": platform.platform(),
+            "python": platform.python_version()}
 
 
 def versions() -> dict:
-    from importlib.metadata import version
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
-    return {pkg: version(pkg) for pkg in ("crystalformer", "spglib", "pymatgen", "numpy")}
 
-
-def bench(csv: Path, workers: int, repeats: int) -> dict:
-    from crystalformer.data import PrepareConfig, prepare
-
-    runs = []
+def bench(csv: Path, workers: int, repeats: int, chunk_size: int) -> dict:
+    runs, total, kept = [], 0, 0
     for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
             t0 = time.perf_counter()
-            summary = prepare([csv], Path(tmp) / "prepared", PrepareConfig(workers=workers), force=True,
-                              progress=False)
-            elapsed = time.perf_counter() - t0
-        runs.append({"seconds": elapsed, "structures": summary.total, "kept": summary.kept,
-                     "per_second": summary.total / elapsed})
-    return {"workers": workers, "runs": runs,
-            "median_per_second": statistics.median(r["per_second"] for r in runs),
-            "median_seconds": statistics.median(r["seconds"] for r in runs)}
+            summary = prepare([csv], Path(tmp) / "out", PrepareConfig(workers=workers, chunk_size=chunk_size),
+                              force=True, progress=False)
+            runs.append(time.perf_counter() - t0)
+            total, kept = summary.total, summary.kept
+    median = statistics.median(runs)
+    return {"workers": workers, "structures": total, "kept": kept, "runs_s": [round(r, 3) for r in runs],
+            "median_s": round(median, 3), "structures_per_s": round(total / median, 1)}
 
 
-def main(argv: list[str] | None = None) -> None:
+def table(results: list[dict]) -> str:
+    base = results[0]["structures_per_s"]
+    lines = [f"{'workers':>7}  {'structures':>10}  {'median s':>8}  {'structures/s':>12}  {'speed-up':>8}  runs (s)"]
+    for r in results:
+        lines.append(f"{r['workers']:>7}  {r['structures']:>10}  {r['median_s']:>8.2f}  {r['structures_per_s']:>12.1f}"
+                     f"  {r['structures_per_s'] / base:>7.2f}x  {', '.join(f'{s:.2f}' for s in r['runs_s'])}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", type=Path, default=Path("../shared/data/mp_20/val.csv"))
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=Path("bench_prepare.json"))
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help=f"CDVAE CSV (default {DEFAULT_CSV})")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (default 1 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per worker count; the median is kept")
+    parser.add_argument("--chunk-size", type=int, default=PrepareConfig.chunk_size)
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if not args.csv.is_file():
         parser.error(f"CSV not found: {args.csv}")
 
-    results = [bench(args.csv, w, args.repeats) for w in args.workers]
-    report = {"csv": str(args.csv), "machine": machine(), "versions": versions(), "results": results}
-    tmp = args.json.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(args.json)
-
-    print(f"{args.csv} on {report['machine']['cpu']} ({report['machine']['cores']} cores), "
-          f"median of {args.repeats} runs")
-    print(f"{'workers':>7} {'structures':>10} {'seconds':>8} {'structures/s':>13} {'ms/structure':>13}")
-    for r in results:
-        n = r["runs"][0]["structures"]
-        print(f"{r['workers']:>7} {n:>10} {r['median_seconds']:>8.2f} {r['median_per_second']:>13.1f} "
-              f"{1000 / r['median_per_second']:>13.2f}")
-    print(f"written to {args.json}")
+    info = {"csv": str(args.csv), "repeats": args.repeats, "chunk_size": args.chunk_size,
+            "machine": machine(), "versions": versions(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    results = [bench(args.csv, w, args.repeats, args.chunk_size) for w in args.workers]
+    m = info["machine"]
+    print(f"{args.csv} | {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable) | Python {m['python']}")
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps({**info, "results": results}, indent=2) + "\n")
+        print(f"written to {args.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

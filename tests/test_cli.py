@@ -1,34 +1,101 @@
-"""The command line end to end."""
+"""The command line: `crystalformer data prepare` end to end, in process and as a subprocess."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
+
+from crystalformer import __version__
 from crystalformer.cli import main
 from crystalformer.data import load_prepared
 
 
-def test_data_prepare(data_dir, tmp_path, capsys):
+def _table(text: str) -> dict[str, str]:
+    """The summary table as {row name: value} (other lines ignored)."""
+    return dict(line.strip().split(maxsplit=1) for line in text.splitlines() if len(line.split()) >= 2)
+
+
+def test_data_prepare_prints_a_summary_and_reuses_the_cache(tmp_path, data_dir, capsys):
     out = tmp_path / "prep"
-    assert main(["data", "prepare", "--csv", str(data_dir / "perov5_sample.csv"), "--out", str(out), "--quiet"]) == 0
+    argv = ["data", "prepare", "--csv", str(data_dir / "perov5_sample.csv"), "--cif", str(data_dir / "cif"),
+            "--out", str(out), "--quiet"]
+    assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "kept" in text and "built" in text
-    assert len(load_prepared(out)) == 20
-    assert main(["data", "prepare", "--csv", str(data_dir / "perov5_sample.csv"), "--out", str(out), "--quiet"]) == 0
-    assert "reused" in capsys.readouterr().out
+    table = _table(text)
+    assert {k: table[k] for k in ("cache", "structures", "kept", "skipped", "disordered", "parse")} == {
+        "cache": "built", "structures": "23", "kept": "21", "skipped": "2", "disordered": "1", "parse": "1"}
+    assert table["elapsed"].endswith(" s") and "skipped.jsonl" in text
+    assert len(load_prepared(out)) == 21
+    assert main(argv) == 0
+    assert _table(capsys.readouterr().out)["cache"].startswith("reused")
+    assert main(argv + ["--force", "--symprec", "0.1", "--n-max", "8", "--workers", "2"]) == 0
+    assert _table(capsys.readouterr().out)["cache"] == "built"
+    assert load_prepared(out).meta["settings"] == {"symprec": 0.1, "angle_tolerance": 5.0, "n_max": 8}
 
 
-def test_errors_exit_2(tmp_path, capsys):
-    assert main(["data", "prepare", "--csv", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o")]) == 2
-    assert "missing.csv" in capsys.readouterr().err
-    assert main(["data", "prepare", "--out", str(tmp_path / "o")]) == 2
+@pytest.mark.parametrize("args, message", [
+    (["--csv", "missing.csv"], "--csv missing.csv: file not found"),
+    (["--cif", "nowhere"], "--cif nowhere: file or folder not found"),
+    ([], "at least one --csv"),
+    (["--csv", "{cif}"], "expected a .csv file"),
+    (["--csv", "{csv}", "--symprec", "0"], "symprec must be in"),
+    (["--csv", "{csv}", "--workers", "0"], "workers must be"),
+])
+def test_data_prepare_usage_errors_exit_2(args, message, tmp_path, data_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [a.format(csv=data_dir / "perov5_sample.csv", cif=data_dir / "cif" / "NaCl.cif") for a in args]
+    assert main(["data", "prepare", *args, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crystalformer: error: ") and message in err
+    assert not (tmp_path / "out").exists()
 
 
-def test_module_entry_point(data_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "crystalformer", "data", "prepare", "--cif", str(data_dir / "cif"),
-                           "--out", str(tmp_path / "o"), "--quiet"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "skipped: disordered" in proc.stdout and "skipped.jsonl" in proc.stdout
-    version = subprocess.run([sys.executable, "-m", "crystalformer", "--version"], capture_output=True, text=True)
-    assert version.stdout.startswith("crystalformer ")
+def test_out_folder_that_is_not_prepared_is_left_alone(tmp_path, data_dir, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["data", "prepare", "--cif", str(data_dir / "cif" / "NaCl.cif"), "--out", str(tmp_path / "mine")]) == 2
+    assert "not a prepared directory" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_version_and_missing_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"crystalformer {__version__}"
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["data", "prepare"])  # --out is required
+    assert info.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+def _env() -> dict:
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_python_m_crystalformer_runs_end_to_end(tmp_path, data_dir):
+    out = tmp_path / "prep"
+    run = subprocess.run([sys.executable, "-m", "crystalformer", "data", "prepare", "--cif", str(data_dir / "cif"),
+                          "--out", str(out), "--quiet"], capture_output=True, text=True, env=_env(), timeout=120)
+    assert run.returncode == 0, run.stderr
+    table = _table(run.stdout)
+    assert (table["kept"], table["parse"], table["disordered"]) == ("1", "1", "1")
+    assert load_prepared(out).records[0]["material_id"] == "NaCl"
+    missing = subprocess.run([sys.executable, "-m", "crystalformer", "data", "prepare", "--csv", "nope.csv",
+                              "--out", str(out)], capture_output=True, text=True, env=_env(), timeout=120)
+    assert missing.returncode == 2 and "nope.csv: file not found" in missing.stderr
+
+
+def test_console_script_reports_its_version():
+    script = shutil.which("crystalformer", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the crystalformer console script is not installed in this environment")
+    run = subprocess.run([script, "--version"], capture_output=True, text=True, env=_env(), timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == f"crystalformer {__version__}"

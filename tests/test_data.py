@@ -1,168 +1,379 @@
-"""Data preparation: counts by reason, exact decoding, caching, atomic writes, batching."""
+"""prepare (skips counted by reason, cache, atomic writes, parallel == serial), read-back, batching."""
 
 from __future__ import annotations
 
 import json
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pymatgen.core import Lattice, Structure
 
 from crystalformer import Crystal, CrystalTokenizer
-from crystalformer.data import PrepareConfig, load_prepared, prepare
-from crystalformer.datamodule import CrystalDataModule, CrystalDataset, collate
+from crystalformer.data import FILES, PrepareConfig, file_sha256, load_prepared, prepare
+from crystalformer.datamodule import CrystalDataModule, CrystalDataset, PromptSampler, collate, prompt_flags
+from crystalformer.tokenizer import COMP, END_COMP, PAD, Slot
+
+FIXTURE_CSVS = ("carbon24_sample.csv", "mp20_sample.csv", "mpts52_sample.csv", "perov5_sample.csv")
+
+# the hand-made CSV: (material_id, expected outcome); see bad_csv below
+BAD_ROWS = [("nacl", "kept"), ("malformed", "parse"), ("cuau", "disordered"), ("dummy", "unknown_element"),
+            ("p1-4sites", "too_many_sites"), ("overlap", "invalid"), ("blank", "parse"), ("na2", "symmetry"),
+            ("og", "unknown_element"), ("cscl", "kept")]
+
+
+def _cif(species, coords, lattice=None) -> str:
+    with warnings.catch_warnings():  # pymatgen notes elements without an electronegativity (Og)
+        warnings.filterwarnings("ignore", message="No Pauling electronegativity")
+        return Structure(lattice or Lattice.cubic(3.0), species, coords).to(fmt="cif")
 
 
 @pytest.fixture(scope="module")
-def bad_csv(tmp_path_factory, data_dir):
-    """Six good rows plus a malformed CIF, a disordered one, an unknown element and one with too many sites."""
-    good = pd.read_csv(data_dir / "mp20_sample.csv").head(6)
-    big = pd.read_csv(data_dir / "mpts52_sample.csv").head(1)  # 52 atoms in P1-like cells: many sites
-    disordered = (data_dir / "cif" / "CuAu_disordered.cif").read_text()
-    rows = [*good.cif, "data_garbage\n_cell_length_a 4\n", disordered,
-            good.cif.iloc[0].replace(" Sm ", " Xx ").replace("Sm0", "Xx0"), *big.cif]
-    path = tmp_path_factory.mktemp("bad") / "mixed.csv"
-    pd.DataFrame({"material_id": [f"m{i}" for i in range(len(rows))], "cif": rows,
-                  "band_gap": np.arange(len(rows), dtype=float)}).to_csv(path)
+def bad_csv(tmp_path_factory, data_dir) -> Path:
+    """One row per way to fail, two good rows; with n_max=3."""
+    nacl = (data_dir / "cif" / "NaCl.cif").read_text()
+    skew = Lattice([[4.0, 0.1, 0.2], [0.3, 5.0, 0.1], [0.2, 0.4, 6.0]])
+    cifs = {
+        "nacl": nacl,
+        "malformed": (data_dir / "cif" / "broken.cif").read_text(),
+        "cuau": (data_dir / "cif" / "CuAu_disordered.cif").read_text(),
+        "dummy": nacl.replace("Cl", "X"),  # pymatgen reads X as a DummySpecies
+        "p1-4sites": _cif(["Na", "Cl", "K", "Br"], [[0.1, 0.2, 0.3], [0.6, 0.1, 0.8], [0.3, 0.7, 0.2], [0.8, 0.5, 0.6]],
+                          skew),  # P1: four sites > n_max = 3
+        "overlap": _cif(["Na", "Cl"], [[0, 0, 0], [1e-4, 0, 0]]),  # spglib: both on 1a of Pm-3m
+        "blank": "",
+        "na2": _cif(["Na", "Na"], [[0, 0, 0], [1e-3, 0, 0]]),  # spglib finds no symmetry
+        "og": _cif(["Og"], [[0, 0, 0]]),  # Z = 118: beyond the vocabulary (Z <= 103)
+        "cscl": _cif(["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    }
+    path = tmp_path_factory.mktemp("bad") / "bad_rows.csv"
+    pd.DataFrame({"material_id": [m for m, _ in BAD_ROWS], "cif": [cifs[m] for m, _ in BAD_ROWS],
+                  "energy": np.arange(len(BAD_ROWS), dtype=float)}).to_csv(path)
     return path
 
 
-def test_counts_by_reason_and_exact_decoding(bad_csv, tmp_path):
-    summary = prepare([bad_csv], tmp_path / "p", PrepareConfig(n_max=10), progress=False)
-    assert summary.total == 10 and summary.kept == 6
-    assert summary.skipped == {"parse": 1, "disordered": 1, "unknown_element": 1, "too_many_sites": 1}
-    data = load_prepared(tmp_path / "p")
-    skipped = [json.loads(line) for line in (tmp_path / "p" / "skipped.jsonl").read_text().splitlines()]
-    assert sorted(s["material_id"] for s in skipped) == ["m6", "m7", "m8", "m9"]
-    assert all(s["message"] for s in skipped)
-    tok = CrystalTokenizer()
-    for i in range(len(data)):
-        ids, values, _ = data.stream(i)
-        assert tok.decode(ids, values) == data.crystal(i)
-        p_ids, p_values, p_slots = data.stream(i, with_prompt=True)
-        assert tok.decode(p_ids, p_values) == data.crystal(i)
-        assert tok.to_words(p_ids)[1] == "[COMP]"
-    assert data.records[2]["properties"] == {"band_gap": 2.0}
-    meta = data.meta
-    assert meta["counts"]["total"] == 10 and meta["settings"]["n_max"] == 10
-    assert len(meta["sources"]) == 1 and len(meta["sources"][0]["sha256"]) == 64
-
-
-def test_unknown_element_is_counted(tmp_path):
-    cif = "data_x\n_cell_length_a 4\n_cell_length_b 4\n_cell_length_c 4\n_cell_angle_alpha 90\n" \
-          "_cell_angle_beta 90\n_cell_angle_gamma 90\n_symmetry_space_group_name_H-M 'P 1'\nloop_\n" \
-          "_atom_site_type_symbol\n_atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n" \
-          "_atom_site_fract_z\n_atom_site_occupancy\nOg Og1 0 0 0 1\n"
-    path = tmp_path / "og.csv"
-    pd.DataFrame({"cif": [cif]}).to_csv(path, index=False)
-    summary = prepare([path], tmp_path / "p", progress=False)
-    assert summary.skipped == {"unknown_element": 1}
-
-
-def test_cache_reuse_and_rebuild(data_dir, tmp_path):
-    src = tmp_path / "src.csv"
-    pd.read_csv(data_dir / "perov5_sample.csv").head(5).to_csv(src, index=False)
-    out = tmp_path / "p"
-    first = prepare([src], out, progress=False)
-    assert not first.reused
-    assert prepare([src], out, progress=False).reused
-    assert not prepare([src], out, PrepareConfig(symprec=0.1), progress=False).reused  # settings changed
-    pd.read_csv(data_dir / "perov5_sample.csv").head(4).to_csv(src, index=False)  # file changed
-    again = prepare([src], out, PrepareConfig(symprec=0.1), progress=False)
-    assert not again.reused and again.total == 4
-    assert not prepare([src], out, PrepareConfig(symprec=0.1), force=True, progress=False).reused
-
-
-def test_no_partial_output_on_failure(data_dir, tmp_path, monkeypatch):
-    import crystalformer.data as data_mod
-
-    def boom(*args, **kwargs):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(data_mod, "_write_jsonl", boom)
-    with pytest.raises(RuntimeError):
-        prepare([data_dir / "perov5_sample.csv"], tmp_path / "p", progress=False)
-    assert not (tmp_path / "p").exists()
-    assert list(tmp_path.iterdir()) == []  # no temporary directory left behind either
-
-
-def test_two_workers_give_identical_output(data_dir, tmp_path):
-    inputs = [data_dir / "mp20_sample.csv", data_dir / "carbon24_sample.csv"]
-    prepare(inputs, tmp_path / "a", PrepareConfig(workers=1, chunk_size=7), progress=False)
-    prepare(inputs, tmp_path / "b", PrepareConfig(workers=2, chunk_size=7), progress=False)
-    a, b = load_prepared(tmp_path / "a"), load_prepared(tmp_path / "b")
-    assert a.records == b.records
-    for key in a.tensors:
-        assert np.array_equal(a.tensors[key], b.tensors[key])
-
-
-def test_cif_folder_input(data_dir, tmp_path):
-    summary = prepare([data_dir / "cif"], tmp_path / "p", progress=False)
-    assert summary.total == 3 and summary.kept == 1
-    assert summary.skipped == {"disordered": 1, "parse": 1}
-    assert load_prepared(tmp_path / "p").crystal(0).formula == "Na4Cl4"
-
-
-def test_bad_config_and_inputs(tmp_path):
-    with pytest.raises(ValueError, match="symprec"):
-        PrepareConfig(symprec=0)
-    with pytest.raises(ValueError, match="n_max"):
-        PrepareConfig(n_max=0)
-    with pytest.raises(FileNotFoundError):
-        prepare([tmp_path / "missing.csv"], tmp_path / "p")
-    nocif = tmp_path / "x.csv"
-    pd.DataFrame({"a": [1]}).to_csv(nocif)
-    with pytest.raises(ValueError, match="'cif' column"):
-        prepare([nocif], tmp_path / "p")
-    with pytest.raises(FileNotFoundError, match="meta.json"):
-        load_prepared(tmp_path)
-
-
 @pytest.fixture(scope="module")
-def prepared(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("prep") / "mp20"
-    prepare([data_dir / "mp20_sample.csv"], out, progress=False)
-    return out
+def prepared(tmp_path_factory, data_dir):
+    inputs = [data_dir / name for name in FIXTURE_CSVS] + [data_dir / "cif"]
+    out = tmp_path_factory.mktemp("prep") / "fixtures"
+    summary = prepare(inputs, out, progress=False)
+    return summary, load_prepared(out)
 
 
-def test_collate_pads(prepared):
-    ds = CrystalDataset(prepared, prompt_fraction=0.0)
-    batch = collate([ds[0], ds[1], ds[2]], pad_id=0)
-    lengths = [len(ds[i]["ids"]) for i in range(3)]
-    assert batch["ids"].shape == (3, max(lengths)) and batch["values"].dtype == torch.float32
+def _quick(tmp_path, data_dir, name="out", **config):
+    return prepare([data_dir / "perov5_sample.csv"], tmp_path / name, PrepareConfig(**config), progress=False)
+
+
+# ---------------------------------------------------------------------- prepare: counts and contents
+def test_fixtures_are_kept_except_the_two_bad_cif_files(prepared, data_dir):
+    summary, data = prepared
+    n_rows = sum(len(pd.read_csv(data_dir / n)) for n in FIXTURE_CSVS)
+    assert (summary.total, summary.kept, summary.skipped) == (n_rows + 3, n_rows + 1, {"disordered": 1, "parse": 1})
+    assert len(data) == summary.kept == data.meta["counts"]["kept"]
+    assert {(Path(s["source"]).name, s["reason"]) for s in data.skipped()} == {
+        ("CuAu_disordered.cif", "disordered"), ("broken.cif", "parse")}
+
+
+def test_every_kept_crystal_decodes_from_its_tokens_to_its_text(prepared):
+    _, data = prepared
+    for i in range(len(data)):
+        crystal = data.crystal(i)
+        assert data.decode(i) == crystal
+        assert data.decode(i, with_prompt=True) == crystal
+        assert data.tensors["num_atoms"][i] == crystal.num_atoms
+        assert data.tensors["n_sites"][i] == len(crystal.sites)
+
+
+def test_kept_crystals_match_a_fresh_analysis_of_their_cif(prepared, data_dir):
+    _, data = prepared
+    df = pd.read_csv(data_dir / "mp20_sample.csv")
+    rows = [r for r in data.records if Path(r["source"]).name == "mp20_sample.csv"]
+    for r in rows[:5]:
+        assert r["material_id"] == df["material_id"].iat[r["row"]]
+        assert r["properties"]["band_gap"] == df["band_gap"].iat[r["row"]]
+        assert Crystal.from_text(r["text"]) == Crystal.from_structure(df["cif"].iat[r["row"]])
+
+
+def test_token_tensors_layout(prepared):
+    _, data = prepared
+    t, tok = data.tensors, data.tokenizer
+    n = len(data)
+    assert t["ids"].dtype == np.int64 and t["values"].dtype == np.float64 and t["slots"].dtype == np.int8
+    assert t["offsets"].shape == t["prompt_offsets"].shape == (n + 1,)
+    assert t["offsets"][0] == 0 and t["offsets"][-1] == len(t["ids"]) and np.all(np.diff(t["offsets"]) > 0)
+    starts, ends = t["prompt_offsets"][:-1], t["prompt_offsets"][1:] - 1
+    assert np.all(t["prompt_ids"][starts] == tok.id(COMP)) and np.all(t["prompt_ids"][ends] == tok.id(END_COMP))
+    ids, values, slots = data.stream(0, with_prompt=True)
+    enc = tok.encode(data.crystal(0), with_composition=True)
+    np.testing.assert_array_equal(ids, enc.ids)
+    np.testing.assert_array_equal(values, enc.values)
+    np.testing.assert_array_equal(slots, enc.slots)
+    assert CrystalTokenizer.load(data.path).vocab == CrystalTokenizer().vocab
+
+
+def test_meta_records_sources_settings_and_counts(prepared, data_dir):
+    summary, data = prepared
+    meta = data.meta
+    assert [Path(s["path"]).name for s in meta["sources"]][:4] == list(FIXTURE_CSVS)
+    assert all(s["sha256"] == file_sha256(s["path"]) for s in meta["sources"])
+    assert meta["settings"] == {"symprec": 0.01, "angle_tolerance": 5.0, "n_max": meta["n_max"]}
+    assert meta["vocab_size"] == CrystalTokenizer().vocab_size
+    lengths = np.diff(data.tensors["offsets"]) + np.diff(data.tensors["prompt_offsets"])
+    assert meta["max_length"] == lengths.max()
+    assert meta["elapsed_s"] > 0 and meta["package_version"]
+    assert sorted(p.name for p in data.path.iterdir()) == sorted(FILES)
+
+
+def test_bad_rows_are_skipped_and_counted_exactly(bad_csv, tmp_path):
+    summary = prepare([bad_csv], tmp_path / "bad", PrepareConfig(n_max=3), progress=False)
+    expected = {}
+    for _, outcome in BAD_ROWS:
+        expected[outcome] = expected.get(outcome, 0) + 1
+    kept = expected.pop("kept")
+    assert (summary.total, summary.kept, summary.skipped) == (len(BAD_ROWS), kept, expected)
+    data = load_prepared(tmp_path / "bad")
+    assert [r["material_id"] for r in data.records] == ["nacl", "cscl"]
+    assert [r["properties"] for r in data.records] == [{"energy": 0.0}, {"energy": 9.0}]
+    skipped = data.skipped()
+    for s in skipped:
+        row = [m for m, _ in BAD_ROWS].index(s["material_id"])
+        assert s["row"] == row and s["reason"] == BAD_ROWS[row][1]
+        assert s["source"] == str(bad_csv) and f"row {row} ({s['material_id']})" in s["message"]
+    assert all(data.decode(i) == data.crystal(i) for i in range(len(data)))
+
+
+def test_n_max_decides_too_many_sites(bad_csv, tmp_path):
+    summary = prepare([bad_csv], tmp_path / "big", PrepareConfig(n_max=4), progress=False)
+    assert "too_many_sites" not in summary.skipped and summary.kept == 3
+
+
+# ---------------------------------------------------------------------- cache
+def test_cache_is_reused_and_rebuilt_when_settings_or_files_change(tmp_path, data_dir):
+    src = tmp_path / "in.csv"
+    src.write_bytes((data_dir / "perov5_sample.csv").read_bytes())
+    out = tmp_path / "out"
+    first = prepare([src], out, progress=False)
+    stamp = (out / "tokens.safetensors").stat().st_mtime_ns
+    again = prepare([src], out, progress=False)
+    assert again.reused and not first.reused and (again.kept, again.total) == (first.kept, first.total)
+    assert (out / "tokens.safetensors").stat().st_mtime_ns == stamp  # nothing rewritten
+    assert not prepare([src], out, PrepareConfig(symprec=0.1), progress=False).reused
+    assert prepare([src], out, PrepareConfig(symprec=0.1), progress=False).reused
+    assert not prepare([src], out, PrepareConfig(symprec=0.1), force=True, progress=False).reused
+    assert prepare([src], out, PrepareConfig(symprec=0.1, workers=2, chunk_size=5), progress=False).reused
+    df = pd.read_csv(src)
+    df.iloc[:5].to_csv(src, index=False)  # the file changes
+    rebuilt = prepare([src], out, PrepareConfig(symprec=0.1), progress=False)
+    assert not rebuilt.reused and rebuilt.total == 5 == len(load_prepared(out))
+
+
+def test_incomplete_cache_is_rebuilt(tmp_path, data_dir):
+    first = _quick(tmp_path, data_dir)
+    (first.out_dir / "crystals.jsonl").unlink()
+    assert not _quick(tmp_path, data_dir).reused
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_prepared_directory(tmp_path, data_dir):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.tex").write_text("precious")
+    with pytest.raises(FileExistsError, match="not a prepared directory"):
+        _quick(tmp_path, data_dir)
+    assert (tmp_path / "out" / "thesis.tex").read_text() == "precious"
+
+
+def test_failure_mid_write_leaves_no_partial_output(tmp_path, data_dir, monkeypatch):
+    import crystalformer.data as data_module
+
+    calls = []
+
+    def crash(path, rows):  # tokens.safetensors is written by then; crystals.jsonl is not
+        calls.append(path)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(data_module, "_write_jsonl", crash)
+    with pytest.raises(OSError, match="disk full"):
+        _quick(tmp_path, data_dir)
+    assert calls and sorted(p.name for p in tmp_path.iterdir()) == []  # no out dir, no temporary left
+    monkeypatch.undo()
+
+    good = _quick(tmp_path, data_dir)
+    before = {f: (good.out_dir / f).read_bytes() for f in FILES}
+    monkeypatch.setattr(data_module, "_write_jsonl", crash)
+    with pytest.raises(OSError, match="disk full"):
+        _quick(tmp_path, data_dir, symprec=0.1)  # a rebuild that fails keeps the previous cache intact
+    assert {f: (good.out_dir / f).read_bytes() for f in FILES} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_interrupt_during_analysis_writes_nothing(tmp_path, data_dir, monkeypatch):
+    import crystalformer.data as data_module
+
+    def interrupted(records, settings):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data_module, "_process_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _quick(tmp_path, data_dir)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_workers_write_the_same_files_as_one(tmp_path, bad_csv, data_dir):
+    inputs = [bad_csv, data_dir / "perov5_sample.csv"]
+    outs = [prepare(inputs, tmp_path / f"w{w}", PrepareConfig(n_max=3, workers=w, chunk_size=4), progress=False)
+            for w in (1, 2)]
+    for name in ("tokens.safetensors", "crystals.jsonl", "skipped.jsonl", "tokenizer.json"):
+        assert (outs[0].out_dir / name).read_bytes() == (outs[1].out_dir / name).read_bytes(), name
+    metas = [json.loads((o.out_dir / "meta.json").read_text()) for o in outs]
+    for m in metas:
+        del m["elapsed_s"], m["created"], m["config"]["workers"]
+    assert metas[0] == metas[1]
+
+
+@pytest.mark.parametrize("bad", [dict(symprec=0), dict(symprec=1.5), dict(angle_tolerance=45), dict(n_max=0),
+                                 dict(workers=0), dict(chunk_size=2.5), dict(n_max=True)])
+def test_config_rejects_nonsense(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        PrepareConfig(**bad)
+
+
+def test_prepare_input_errors(tmp_path):
+    with pytest.raises(ValueError, match="at least one input"):
+        prepare([], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        prepare([tmp_path / "missing.csv"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_prepared_errors(tmp_path, data_dir):
+    with pytest.raises(FileNotFoundError, match="not a prepared directory"):
+        load_prepared(tmp_path)
+    out = _quick(tmp_path, data_dir).out_dir
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "format_version": 999}))
+    with pytest.raises(ValueError, match="format 999"):
+        load_prepared(out)
+
+
+# ---------------------------------------------------------------------- batching
+def test_collate_pads_to_the_longest_stream(prepared):
+    _, data = prepared
+    dataset = CrystalDataset(data, prompt_fraction=0.0)
+    examples = [dataset[i] for i in range(6)]
+    lengths = [len(e["ids"]) for e in examples]
+    batch = collate(examples, pad_id=dataset.pad_id)
+    B, T = len(examples), max(lengths)
+    assert batch["ids"].shape == batch["values"].shape == batch["slots"].shape == batch["mask"].shape == (B, T)
+    assert batch["ids"].dtype == torch.long and batch["values"].dtype == torch.float32
+    assert batch["slots"].dtype == torch.long and batch["mask"].dtype == torch.bool
     assert batch["mask"].sum(1).tolist() == lengths
-    assert (batch["ids"][~batch["mask"]] == 0).all() and (batch["slots"][~batch["mask"]] == 0).all()
+    assert torch.equal(batch["num_atoms"], torch.as_tensor(data.tensors["num_atoms"][:6]))
+    pad = ~batch["mask"]
+    assert pad.any() and (batch["ids"][pad] == data.tokenizer.id(PAD)).all()
+    assert (batch["slots"][pad] == Slot.PAD).all() and (batch["values"][pad] == 0).all()
+    for b, e in enumerate(examples):
+        n = lengths[b]
+        assert batch["ids"][b, :n].tolist() == e["ids"].tolist()
+        np.testing.assert_allclose(batch["values"][b, :n].numpy(), e["values"], rtol=1e-6)
+        assert data.tokenizer.decode(batch["ids"][b].numpy(), batch["values"][b].double().numpy()).isclose(
+            data.crystal(b), atol=1e-6, lattice_rtol=1e-6)
 
 
-def test_prompt_fraction_is_honoured_and_reproducible(prepared):
-    ds = CrystalDataset(prepared, prompt_fraction=0.3, seed=5)
-    draws = [ds.with_prompt(i) for i in range(len(ds))]
-    assert draws == [CrystalDataset(prepared, prompt_fraction=0.3, seed=5).with_prompt(i) for i in range(len(ds))]
-    # the fraction over many (epoch, index) draws
-    hits = 0
-    for epoch in range(40):
-        ds.set_epoch(epoch)
-        hits += sum(ds.with_prompt(i) for i in range(len(ds)))
-    frac = hits / (40 * len(ds))
-    assert abs(frac - 0.3) < 4 * np.sqrt(0.3 * 0.7 / (40 * len(ds)))
-    tok = CrystalTokenizer()
-    for i in range(len(ds)):
-        has = tok.id("[COMP]") in ds[i]["ids"]
-        assert has == ds.with_prompt(i)
-    assert all(CrystalDataset(prepared, prompt_fraction=1.0).with_prompt(i) for i in range(5))
+def test_prompt_is_inserted_after_bos(prepared):
+    _, data = prepared
+    tok = data.tokenizer
+    plain = CrystalDataset(data, prompt_fraction=0.0)[3]
+    prompted = CrystalDataset(data, prompt_fraction=1.0)[3]
+    n = len(prompted["ids"]) - len(plain["ids"])
+    assert n >= 4 and prompted["ids"][1] == tok.id(COMP) and prompted["ids"][n] == tok.id(END_COMP)
+    assert prompted["ids"][n + 1:].tolist() == plain["ids"][1:].tolist()
+    assert tok.decode(prompted["ids"], prompted["values"]) == data.crystal(3)
 
 
-def test_datamodule_yields_batches(data_dir, tmp_path):
-    dm = CrystalDataModule(train=[data_dir / "mp20_sample.csv"], val=[data_dir / "perov5_sample.csv"],
-                           batch_size=8, cache_dir=tmp_path, seed=0)
+def test_prompt_fraction_is_honoured_and_reproducible():
+    n, p = 20_000, 0.3
+    flags = prompt_flags(n, p, seed=7)
+    sigma = (p * (1 - p) / n) ** 0.5
+    assert abs(flags.float().mean().item() - p) < 4 * sigma
+    assert torch.equal(flags, prompt_flags(n, p, seed=7))
+    assert not torch.equal(flags, prompt_flags(n, p, seed=8))
+    assert not torch.equal(flags, prompt_flags(n, p, seed=7, epoch=1))
+    assert not prompt_flags(50, 0.0, seed=1).any() and prompt_flags(50, 1.0, seed=1).all()
+    state = torch.get_rng_state()
+    prompt_flags(n, p, seed=3)
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is untouched
+
+
+def test_sampler_visits_every_example_once_and_redraws_per_epoch(prepared):
+    _, data = prepared
+    dataset = CrystalDataset(data, prompt_fraction=0.5, seed=3)
+    sampler = PromptSampler(dataset, shuffle=True, seed=3)
+    first, second = list(sampler), list(sampler)
+    assert sorted(i for i, _ in first) == list(range(len(dataset))) == sorted(i for i, _ in second)
+    assert first != second  # a plain loop advances the epoch
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # ... and set_epoch reproduces it
+    assert [f for _, f in sorted(first)] == prompt_flags(len(dataset), 0.5, seed=3).tolist()
+    fixed = PromptSampler(dataset, shuffle=False, seed=3, per_epoch=False)
+    fixed.set_epoch(5)
+    assert list(fixed) == list(fixed) == [(i, f) for i, f in enumerate(prompt_flags(len(dataset), 0.5, 3).tolist())]
+
+
+def test_datamodule_prepares_csvs_and_yields_batches(tmp_path, data_dir):
+    dm = CrystalDataModule(train=[data_dir / "mp20_sample.csv", data_dir / "perov5_sample.csv"],
+                           val=data_dir / "perov5_sample.csv", batch_size=8, prompt_fraction=0.5, seed=1,
+                           cache_dir=tmp_path / "cache", prepare_config=PrepareConfig(workers=1))
     dm.prepare_data()
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # one cache per distinct input
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
-    assert batch["ids"].shape[0] == 8 and batch["num_atoms"].shape == (8,)
-    val = list(dm.val_dataloader())
-    assert sum(b["ids"].shape[0] for b in val) == 20
-    again = CrystalDataModule(train=[data_dir / "mp20_sample.csv"], batch_size=8, cache_dir=tmp_path, seed=0)
-    again.setup("fit")
-    assert torch.equal(next(iter(again.train_dataloader()))["ids"], batch["ids"])  # seeded shuffling
-    assert isinstance(Crystal.from_text(load_prepared(next(tmp_path.glob("data_mp20*"))).records[0]["text"]), Crystal)
+    assert len(dm.train_set) == 50 and len(dm.val_set) == 20
+    comp = CrystalTokenizer().id(COMP)
+    batches = list(dm.train_dataloader())
+    assert [b["ids"].shape[0] for b in batches] == [8] * 6 + [2]
+    prompted = sum(int((b["ids"][:, 1] == comp).sum()) for b in batches)
+    assert 0 < prompted < 50
+    again = [b["ids"] for b in CrystalDataModule(
+        train=[dm.cache_dir / p.name for p in sorted(dm.cache_dir.iterdir())][::-1],  # prepared dirs pass through
+        batch_size=8, seed=1).train_dataloader()]
+    assert sum(int((ids[:, 1] == comp).sum()) for ids in again) > 0
+    val = [b["ids"] for b in dm.val_dataloader()]
+    assert [v.tolist() for v in val] == [b["ids"].tolist() for b in dm.val_dataloader()]  # fixed across epochs
+
+
+def test_dataloader_workers_do_not_change_batches(prepared, tmp_path):
+    _, data = prepared
+    dm = CrystalDataModule(train=data.path, batch_size=16, seed=5)
+    serial = [b["ids"] for b in dm.train_dataloader()]
+    dm2 = CrystalDataModule(train=data.path, batch_size=16, seed=5, num_workers=2)
+    parallel = [b["ids"] for b in dm2.train_dataloader()]
+    assert len(serial) == len(parallel) and all(torch.equal(a, b) for a, b in zip(serial, parallel))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:.*does not have many workers",
+                            "ignore:You passed in a `val_dataloader`")
+def test_lightning_trainer_draws_new_batches_each_epoch(prepared):
+    import lightning as L
+
+    _, data = prepared
+
+    class Recorder(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+            self.first_batches = []
+
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 0:
+                self.first_batches.append(batch["ids"].clone())
+            return self.weight * batch["values"].mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    model = Recorder()
+    trainer = L.Trainer(max_epochs=2, limit_train_batches=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(model, CrystalDataModule(train=data.path, batch_size=8, seed=0))
+    assert len(model.first_batches) == 2 and not torch.equal(*model.first_batches)
