@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -144,8 +145,6 @@ class Crystal:
         Raises :class:`CrystalError` (a ``ValueError``) naming the reason for disordered
         structures, unknown species, symmetry failures and orbits that do not fit the tables.
         """
-        import spglib
-
         from .io import to_structure
 
         structure = to_structure(structure)
@@ -156,20 +155,25 @@ class Crystal:
                                              "or mixed sites; only ordered structures are supported")
         numbers = [_species_number(sp) for sp in structure.species]
         cell = (structure.lattice.matrix, structure.frac_coords, numbers)
-        ds = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=angle_tolerance)
+        ds = _symmetry_dataset(cell, symprec, angle_tolerance)
         if ds is None:
             raise CrystalError("symmetry", f"spglib found no symmetry for {structure.composition.formula} "
                                            f"({symprec=}, {angle_tolerance=})")
         sg = space_group(ds.number)
         if ds.hall_number != sg.hall_number:
-            ds = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=angle_tolerance,
-                                             hall_number=sg.hall_number)
+            ds = _symmetry_dataset(cell, symprec, angle_tolerance, hall_number=sg.hall_number)
             if ds is None or ds.number != sg.number:
                 raise CrystalError("symmetry", f"spglib could not standardize {structure.composition.formula} "
                                                f"in the setting of space group {sg.number} ({sg.symbol})")
         lattice = _lattice_parameters(np.asarray(ds.std_lattice))
         tol = max(_MIN_FIT_TOL, 2.0 * symprec / float(min(lattice[:3])))
         sites = _sites_from_dataset(ds, sg, tol)
+        letters = [x.letter for x in sites]
+        for letter in set(letters):
+            wp = sg.position(letter)
+            if wp.dof == 0 and letters.count(letter) > 1:
+                raise CrystalError("overlap", f"{structure.composition.formula}: {letters.count(letter)} orbits on the "
+                                              f"fixed position {wp.label} of {sg.symbol}: atoms overlap")
         lattice = expand_lattice(reduce_lattice(lattice, sg.crystal_system, tol=1e-2), sg.crystal_system)
         return cls(space_group=sg.number, sites=tuple(sites), lattice=tuple(float(v) for v in lattice))
 
@@ -259,6 +263,19 @@ def _species_number(species) -> int:
     if type(species).__name__ == "DummySpecies":
         raise CrystalError("unknown_element", f"dummy species {species} cannot be represented")
     return _atomic_number(getattr(species, "element", species).symbol)  # Species (with oxidation state) -> Element
+
+
+def _symmetry_dataset(cell, symprec: float, angle_tolerance: float, hall_number: int = 0):
+    """spglib's dataset, or None where spglib finds none (it returns None up to 2.x, raises from 3.0)."""
+    import spglib
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # spglib 2.5+: "returning None is deprecated"
+        try:
+            return spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=angle_tolerance,
+                                               hall_number=hall_number)
+        except spglib.SpglibError:
+            return None
 
 
 def _lattice_parameters(matrix: np.ndarray) -> np.ndarray:

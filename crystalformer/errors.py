@@ -18,6 +18,7 @@ class CrystalError(ValueError):
         "too_many_sites",  # more symmetry-distinct sites than n_max
         "too_many_atoms",  # more atoms in the conventional cell than the tokenizer's limit
         "empty",  # no atoms
+        "overlap",  # atoms on top of each other (two orbits on one fixed Wyckoff position)
         "invalid",  # any other value the libraries reject (message says which)
     )
 

@@ -185,3 +185,10 @@ def test_other_inputs(data_dir):
     assert Crystal.from_structure(atoms).isclose(ref)  # ASE Atoms
     with pytest.raises(TypeError, match="expected"):
         Crystal.from_structure(42)
+
+
+def test_overlapping_atoms_are_rejected():
+    s = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0, 0, 1e-5]])
+    with pytest.raises(CrystalError) as err:
+        Crystal.from_structure(s)
+    assert err.value.reason == "overlap" and "1a" in str(err.value)
