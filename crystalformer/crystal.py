@@ -81,6 +81,11 @@ class Crystal:
             _atomic_number(site.element)
         if len(self.lattice) != 6:
             raise ValueError(f"lattice needs 6 numbers (a, b, c, alpha, beta, gamma), got {self.lattice}")
+        lat = np.asarray(self.lattice, dtype=float)
+        if not np.all(np.isfinite(lat)) or np.any(lat[:3] <= 0) or np.any((lat[3:] <= 0) | (lat[3:] >= 180)):
+            raise ValueError(f"lattice {self.lattice} needs finite lengths > 0 Å and angles in (0, 180) degrees")
+        if not all(np.isfinite(p) for site in self.sites for p in site.params):
+            raise ValueError(f"free parameters must be finite numbers: {[s.params for s in self.sites]}")
         reduce_lattice(self.lattice, sg.crystal_system)  # raises if the cell breaks the system's rules
 
     # ------------------------------------------------------------------ properties

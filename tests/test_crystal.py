@@ -151,6 +151,12 @@ def test_site_params_must_match_position():
         Crystal(225, (Site("e", "C", ()),), (5.0, 5.0, 5.0, 90.0, 90.0, 90.0))
     with pytest.raises(ValueError, match="cubic"):
         Crystal(225, (Site("a", "C"),), (5.0, 6.0, 5.0, 90.0, 90.0, 90.0))
+    with pytest.raises(ValueError, match="finite lengths"):
+        Crystal(225, (Site("a", "C"),), (float("nan"),) * 3 + (90.0, 90.0, 90.0))
+    with pytest.raises(ValueError, match="finite lengths"):
+        Crystal(225, (Site("a", "C"),), (-5.0, -5.0, -5.0, 90.0, 90.0, 90.0))
+    with pytest.raises(ValueError, match="finite numbers"):
+        Crystal(225, (Site("e", "C", (float("inf"),)),), (5.0, 5.0, 5.0, 90.0, 90.0, 90.0))
     with pytest.raises(CrystalError) as err:
         Crystal(225, (), (5.0, 5.0, 5.0, 90.0, 90.0, 90.0))
     assert err.value.reason == "empty"
