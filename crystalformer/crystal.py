@@ -8,21 +8,25 @@ Canonical form built by :meth:`Crystal.from_structure` (DESIGN section 3):
 
 1. Symmetry from spglib (one source for space group, standardized conventional cell and
    Wyckoff letters), run with the Hall number of the tables' setting so that spglib's letters
-   and the tables agree (they differ by origin choice otherwise, e.g. Fd-3m).
+   and the tables agree (they differ by origin choice otherwise, e.g. Fd-3m). spglib sees the
+   atoms wrapped into [0, 1) and in a canonical order (atomic number, then coordinates): its
+   answer for inputs at the edge of ``symprec`` depends on the atom order.
 2. Orbits are found on spglib's standardized cell with the tables. Each is represented by
    the image that satisfies its Wyckoff position's first operation; when several images do
-   (``(x, x, 0)`` and ``(-x, -x, 0)`` both fit ``x, x, 0``), the one with the
-   lexicographically smallest wrapped free parameters (compared after rounding to 1e-6) is
-   kept, and its parameters are then fitted by least squares to all images of the orbit
-   (averaging the residual asymmetry of slightly distorted inputs).
+   (``(x, x, 0)`` and ``(-x, -x, 0)`` both fit ``x, x, 0``), the orbit's parameters are first
+   fitted by least squares to all its atoms (averaging the residual asymmetry of slightly
+   distorted inputs), then the image with the lexicographically smallest wrapped free
+   parameters is kept (entries within 1e-8 count as equal, so float noise never decides).
 3. Sites are ordered by Wyckoff letter (a first), then atomic number, then free parameters.
 4. The lattice is spglib's idealized conventional cell; only the crystal system's free
    parameters are independent (see :mod:`crystalformer.symmetry.lattice`).
 
-The form is invariant under atom permutations, lattice translations and rotations of the
-input. It is not unique under the space group's Euclidean normalizer: an input with another
-origin (or a supercell) may come out as an equivalent description (rock salt with Na on 4b
-and Cl on 4a, or x -> 1/2 - x), always of the same structure.
+Free and lattice parameters are rounded to 10 decimals. The form is then identical (``==``)
+for the input with its atoms permuted or moved by lattice vectors, and (as seen on all test
+data) rotated. It is not unique under the space group's Euclidean normalizer: spglib keeps the
+input's origin among the equivalent ones, so an input with another origin (or a supercell)
+may come out as an equivalent description (rock salt with Cl on 4a and Na on 4b; x -> x + 1/2;
+in polar groups any shift along the polar axis), always of the same structure.
 
 ``symprec`` defaults to 0.01 Å (strict, as CrystalFormer); Materials Project uses 0.1 Å,
 which finds higher symmetry in slightly distorted structures.
@@ -50,6 +54,12 @@ MAX_Z = 103  # elements H..Lr form the vocabulary
 # fractional units after an arbitrary origin shift of an I4 crystal), so orbit matching uses a
 # fractional tolerance of 2 * symprec / (shortest cell edge), and at least 1e-3.
 _MIN_FIT_TOL = 1e-3
+
+# Free parameters and lattice parameters are rounded to 10 decimals (1e-10 fractional, ~1e-9 Å):
+# inputs that differ only by float noise (an atom moved by a lattice vector, x + 1 - 1 != x;
+# the output of to_structure read back) then give bit-identical Crystals, except when a value
+# falls within ~1e-16 of a rounding boundary (odds ~1e-6 per number).
+_DECIMALS = 10
 
 
 @dataclass(frozen=True)
@@ -158,8 +168,8 @@ class Crystal:
         if not structure.is_ordered:
             raise CrystalError("disordered", f"structure {structure.composition.formula} has partially occupied "
                                              "or mixed sites; only ordered structures are supported")
-        numbers = [_species_number(sp) for sp in structure.species]
-        cell = (structure.lattice.matrix, structure.frac_coords, numbers)
+        numbers = np.array([_species_number(sp) for sp in structure.species])
+        cell = _canonical_cell(structure.lattice.matrix, structure.frac_coords, numbers)
         ds = _symmetry_dataset(cell, symprec, angle_tolerance)
         if ds is None:
             raise CrystalError("symmetry", f"spglib found no symmetry for {structure.composition.formula} "
@@ -179,7 +189,7 @@ class Crystal:
             if wp.dof == 0 and letters.count(letter) > 1:
                 raise CrystalError("overlap", f"{structure.composition.formula}: {letters.count(letter)} orbits on the "
                                               f"fixed position {wp.label} of {sg.symbol}: atoms overlap")
-        lattice = expand_lattice(reduce_lattice(lattice, sg.crystal_system, tol=1e-2), sg.crystal_system)
+        lattice = expand_lattice(_quantize(reduce_lattice(lattice, sg.crystal_system, tol=1e-2)), sg.crystal_system)
         return cls(space_group=sg.number, sites=tuple(sites), lattice=tuple(float(v) for v in lattice))
 
     def to_structure(self) -> Structure:
@@ -270,6 +280,26 @@ def _species_number(species) -> int:
     return _atomic_number(getattr(species, "element", species).symbol)  # Species (with oxidation state) -> Element
 
 
+def _canonical_cell(matrix: np.ndarray, frac: np.ndarray, numbers: np.ndarray):
+    """spglib's input with atoms wrapped into [0, 1) and in a canonical order (Z, then x, y, z).
+
+    spglib's answer for an input at the edge of ``symprec`` depends on the atom order (seen:
+    free parameters moving by 1e-4 to 2e-3, even another origin), so the input is put in an
+    order that does not depend on the caller's. The order is decided on coordinates rounded to
+    1e-6, so that float noise (x + 1 - 1 != x) cannot reorder atoms with equal coordinates.
+    """
+    wrapped = np.mod(np.asarray(frac, dtype=float), 1.0)  # (n, 3)
+    wrapped[wrapped >= 1.0] = 0.0  # np.mod(-1e-17, 1.0) == 1.0
+    key = np.round(wrapped, 6) % 1.0
+    order = np.lexsort((key[:, 2], key[:, 1], key[:, 0], numbers))  # the last key is the primary one
+    return np.asarray(matrix, dtype=float), wrapped[order], [int(z) for z in numbers[order]]
+
+
+def _quantize(values, decimals: int = _DECIMALS) -> np.ndarray:
+    """``values`` rounded to ``decimals`` places (see _DECIMALS)."""
+    return np.round(np.asarray(values, dtype=float), decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
 def _symmetry_dataset(cell, symprec: float, angle_tolerance: float, hall_number: int = 0):
     """spglib's dataset, or None where spglib finds none (it returns None up to 2.x, raises from 3.0)."""
     import spglib
@@ -312,18 +342,43 @@ def _sites_from_dataset(ds, sg, tol: float) -> list[Site]:
             pool = std_pos[(std_types == z) & (letters == letter)]
             while len(pool):
                 wp, params, members = _extract_orbit(sg, str(letter), pool, element, tol)
+                params = _quantize(params) % 1.0
                 sites.append(Site(wp.letter, element, tuple(float(p) for p in params)))
                 pool = pool[~members]
-    sites.sort(key=lambda s: (LETTERS.index(s.letter), _atomic_number(s.element), tuple(round(p, 6) for p in s.params)))
+    sites.sort(key=functools.cmp_to_key(_compare_sites))
     return sites
+
+
+# Two exact images of one orbit that should tie (x and x from a glide) differ by float noise
+# (~1e-16); rounding both to a fixed number of decimals can still split such a tie (seen:
+# 0.2209725 -> 0.220972 / 0.220973), so ties are decided with a tolerance instead.
+_TIE_TOL = 1e-8
+
+
+def _compare_params(a, b) -> int:
+    """Lexicographic comparison of two parameter tuples; entries within _TIE_TOL count as equal."""
+    for x, y in zip(a, b):
+        if abs(x - y) > _TIE_TOL:
+            return -1 if x < y else 1
+    return 0
+
+
+def _compare_sites(a: Site, b: Site) -> int:
+    """Site order: Wyckoff letter (a first), then atomic number, then free parameters."""
+    ka = (LETTERS.index(a.letter), _atomic_number(a.element))
+    kb = (LETTERS.index(b.letter), _atomic_number(b.element))
+    if ka != kb:
+        return -1 if ka < kb else 1
+    return _compare_params(a.params, b.params)
 
 
 def _extract_orbit(sg, letter: str, pool: np.ndarray, element: str, tol: float):
     """One orbit out of ``pool`` (n, 3): its Wyckoff position, canonical free parameters, member mask (n,).
 
     The orbit is generated from the first pool point that satisfies the position's first
-    operation; its canonical parameters are the lexicographically smallest (rounded to 1e-6)
-    over all members that satisfy the first operation.
+    operation and its parameters are fitted to all members (least squares); the canonical
+    parameters are then the lexicographically smallest over the exact images of the fitted
+    orbit that satisfy the first operation (:func:`_canonical_params`).
     """
     primary = sg.position(letter)
     candidates = [primary] + [w for w in sg.wyckoff if w is not primary and w.multiplicity == primary.multiplicity]
@@ -338,11 +393,22 @@ def _extract_orbit(sg, letter: str, pool: np.ndarray, element: str, tol: float):
             members = close.any(axis=0)
             if not close.any(axis=1).all() or members.sum() != wp.multiplicity:
                 continue
-            fits = [f for f in (wp.fit_first_op(q, tol) for q in pool[members]) if f is not None]
-            best = min(fits, key=lambda f: tuple(np.round(np.where(f > 1 - 1e-6, 0.0, f), 6)))
-            return wp, _least_squares_params(wp, best, pool[members]), members
+            return wp, _canonical_params(wp, _least_squares_params(wp, u, pool[members])), members
     raise CrystalError("wyckoff", f"{len(pool)} {element} atoms labelled {primary.label} by spglib do not form an "
                                   f"orbit of any Wyckoff position of space group {sg.number} ({sg.symbol})")
+
+
+def _canonical_params(wp, u: np.ndarray) -> np.ndarray:
+    """The lexicographically smallest wrapped parameters among the orbit's images that satisfy the first operation.
+
+    E.g. ``(x, x, 0)`` with x = 0.8 also has the image ``(-x, -x, 0)``, i.e. x = 0.2, which is kept.
+    The images are exact (generated from ``u``), so equal candidates differ by float noise only.
+    """
+    if wp.dof == 0:
+        return u
+    fits = [f for f in (wp.fit_first_op(img, 1e-9) for img in wp.orbit(u)) if f is not None]
+    fits = [np.where(f > 1 - _TIE_TOL, 0.0, f) for f in fits]  # 0.999999999 is 0 wrapped
+    return min(fits, key=functools.cmp_to_key(_compare_params))
 
 
 def _least_squares_params(wp, u: np.ndarray, members: np.ndarray) -> np.ndarray:
