@@ -20,6 +20,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 
+STRICT_SYMPREC = 1e-5  # Å: float noise only
+
+
 def check_record(record, symprec: float, angle_tolerance: float) -> dict:
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
@@ -43,8 +46,12 @@ def check_record(record, symprec: float, angle_tolerance: float) -> dict:
     ms = 1000 * (time.perf_counter() - t0)
     matched = StructureMatcher().fit(structure, rebuilt)
     sg_rebuilt = SpacegroupAnalyzer(rebuilt, symprec=symprec, angle_tolerance=angle_tolerance).get_space_group_number()
+    # The rebuilt structure is exactly symmetric: at a tight tolerance spglib must find the group itself
+    # (a supergroup only if free parameters sit exactly on special values).
+    sg_strict = SpacegroupAnalyzer(rebuilt, symprec=STRICT_SYMPREC).get_space_group_number()
     result = {**out, "status": "ok" if matched else "mismatch", "ms": ms, "space_group": crystal.space_group,
-              "space_group_rebuilt": sg_rebuilt, "n_sites": len(crystal.sites), "num_atoms": crystal.num_atoms}
+              "space_group_rebuilt": sg_rebuilt, "space_group_rebuilt_strict": sg_strict,
+              "n_sites": len(crystal.sites), "num_atoms": crystal.num_atoms}
     if not matched:
         # StructureMatcher reduces both structures to primitive cells with a 0.25 Å tolerance;
         # for pseudo-symmetric inputs (a distortion smaller than that) the idealized rebuilt cell
@@ -85,6 +92,7 @@ def check_file(path: Path, symprec: float, angle_tolerance: float, workers: int,
     converted = [r for r in ordered if r["status"] in ("ok", "mismatch")]
     matched = [r for r in converted if r["status"] == "ok"]
     sg_kept = [r for r in converted if r["space_group"] == r["space_group_rebuilt"]]
+    sg_kept_strict = [r for r in converted if r["space_group"] == r["space_group_rebuilt_strict"]]
     failures = [r for r in results if r["status"] != "ok"]
     reasons: dict[str, int] = {}
     for r in failures:
@@ -98,14 +106,34 @@ def check_file(path: Path, symprec: float, angle_tolerance: float, workers: int,
         "match_fraction": len(matched) / len(ordered) if ordered else None,
         "matched_without_primitive_reduction": len(matched) + reasons_count(results, "matcher_cell_reduction"),
         "space_group_preserved": len(sg_kept),
+        "space_group_preserved_strict": len(sg_kept_strict),
         "failures_by_reason": reasons,
         "median_ms": statistics.median(r["ms"] for r in converted) if converted else None,
         "max_sites": max((r["n_sites"] for r in converted), default=0),
         "max_atoms_conventional": max((r["num_atoms"] for r in converted), default=0),
         "failures": failures,
-        "space_group_changed": [{k: r[k] for k in ("row", "material_id", "space_group", "space_group_rebuilt")}
-                                for r in converted if r["space_group"] != r["space_group_rebuilt"]],
+        "space_group_changed": [{k: r[k] for k in ("row", "material_id", "space_group", "space_group_rebuilt",
+                                                   "space_group_rebuilt_strict")}
+                                for r in converted if r["space_group"] != r["space_group_rebuilt"]
+                                or r["space_group"] != r["space_group_rebuilt_strict"]],
     }
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file next to ``path``, then rename: readers never see half a report."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,12 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     reports = [check_file(p, args.symprec, args.angle_tolerance, args.workers) for p in args.csv]
     report = {"settings": {"symprec": args.symprec, "angle_tolerance": args.angle_tolerance,
                            "matcher": "StructureMatcher() defaults"}, "files": reports}
-    tmp = args.json.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(args.json)
+    write_atomically(args.json, json.dumps(report, indent=1))
 
     header = (f"{'file':<28} {'total':>6} {'ordered':>7} {'matched':>7} {'match %':>8} {'+cell':>7} "
-              f"{'SG kept':>7} {'ms':>6}  failures")
+              f"{'SG kept':>7} {'strict':>7} {'ms':>6}  failures")
     print(header)
     for r in reports:
         name = Path(r["file"]).parent.name + "/" + Path(r["file"]).name
@@ -135,9 +161,11 @@ def main(argv: list[str] | None = None) -> None:
         ms = f"{r['median_ms']:.1f}" if r["median_ms"] is not None else "-"
         cell = 100 * r["matched_without_primitive_reduction"] / r["ordered"] if r["ordered"] else 0.0
         print(f"{name:<28} {r['total']:>6} {r['ordered']:>7} {r['matched']:>7} {frac:>8} {cell:>7.2f} "
-              f"{r['space_group_preserved']:>7} {ms:>6}  {r['failures_by_reason'] or ''}")
+              f"{r['space_group_preserved']:>7} {r['space_group_preserved_strict']:>7} {ms:>6}  "
+              f"{r['failures_by_reason'] or ''}")
     print("match %: StructureMatcher() with default tolerances; +cell: also counting failures that match "
-          "with primitive_cell=False, attempt_supercell=True (same tolerances)")
+          "with primitive_cell=False, attempt_supercell=True (same tolerances); SG kept: spglib finds the same "
+          f"group in the rebuilt structure at --symprec; strict: at symprec {STRICT_SYMPREC}")
     print(f"report written to {args.json}")
 
 
