@@ -380,22 +380,20 @@ def _extract_orbit(sg, letter: str, pool: np.ndarray, element: str, tol: float):
     parameters are then the lexicographically smallest over the exact images of the fitted
     orbit that satisfy the first operation (:func:`_canonical_params`).
     """
-    primary = sg.position(letter)
-    candidates = [primary] + [w for w in sg.wyckoff if w is not primary and w.multiplicity == primary.multiplicity]
-    for wp in candidates:
-        for p in pool:
-            u = wp.fit_first_op(p, tol)
-            if u is None:
-                continue
-            d = wp.orbit(u)[:, None, :] - pool[None, :, :]  # (m, n, 3)
-            d -= np.round(d)
-            close = np.all(np.abs(d) < tol, axis=-1)  # (m, n)
-            members = close.any(axis=0)
-            if not close.any(axis=1).all() or members.sum() != wp.multiplicity:
-                continue
-            return wp, _canonical_params(wp, _least_squares_params(wp, u, pool[members])), members
-    raise CrystalError("wyckoff", f"{len(pool)} {element} atoms labelled {primary.label} by spglib do not form an "
-                                  f"orbit of any Wyckoff position of space group {sg.number} ({sg.symbol})")
+    wp = sg.position(letter)  # spglib's letter, in the tables' setting; a mismatch is an error, never re-labelled
+    for p in pool:
+        u = wp.fit_first_op(p, tol)
+        if u is None:
+            continue
+        d = wp.orbit(u)[:, None, :] - pool[None, :, :]  # (m, n, 3)
+        d -= np.round(d)
+        close = np.all(np.abs(d) < tol, axis=-1)  # (m, n)
+        members = close.any(axis=0)
+        if not close.any(axis=1).all() or members.sum() != wp.multiplicity:
+            continue
+        return wp, _canonical_params(wp, _least_squares_params(wp, u, pool[members])), members
+    raise CrystalError("wyckoff", f"{len(pool)} {element} atoms labelled {wp.label} by spglib do not form an orbit "
+                                  f"of that Wyckoff position of space group {sg.number} ({sg.symbol})")
 
 
 def _canonical_params(wp, u: np.ndarray) -> np.ndarray:
