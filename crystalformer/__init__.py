@@ -19,6 +19,10 @@ _EXPORTS = {
     "prepare": "crystalformer.data",
     "load_prepared": "crystalformer.data",
     "space_group": "crystalformer.symmetry",
+    "CrystalFormer": "crystalformer.model",
+    "load_model": "crystalformer.model",
+    "ModelConfig": "crystalformer.config",
+    "TrainConfig": "crystalformer.config",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

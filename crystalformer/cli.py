@@ -42,6 +42,53 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import ModelConfig, TrainConfig, apply_overrides
+    from .lit import NonFiniteLossError
+    from .train import train
+
+    if not args.data and not args.resume:
+        raise UsageError("train needs --data PATH (or --resume to continue a run)")
+    if args.data and args.resume:
+        raise UsageError("--resume continues with the run's own data; leave out --data")
+    for path in [*(args.data or []), *(args.val or [])]:
+        if not path.exists():
+            raise UsageError(f"{path}: file or folder not found")
+    overrides: dict = {}
+    if args.config:
+        import yaml
+
+        if not args.config.is_file():
+            raise UsageError(f"--config {args.config}: file not found")
+        loaded = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise UsageError(f"--config {args.config}: expected a mapping of config fields")
+        overrides.update(loaded)
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set {item!r}: expected FIELD=VALUE")
+        overrides[key.strip()] = value.strip()
+    if args.resume:  # the run's own configs, with any overrides on top (e.g. --set max_epochs=80)
+        from .train import load_run_configs
+
+        base_model, base_train = load_run_configs(args.out)
+    else:
+        base_model, base_train = ModelConfig.from_name(args.preset), TrainConfig.from_name(args.preset)
+    model_config, train_config = apply_overrides(base_model, base_train, overrides)
+    try:
+        result = train(args.data or [], args.out, model_config, train_config, val=args.val, val_fraction=args.val_fraction,
+                       resume=args.resume, overwrite=args.overwrite, cache_dir=args.cache_dir,
+                       progress=not args.quiet)
+    except NonFiniteLossError as err:
+        print(f"crystalformer: error: {err}: {args.out / 'checkpoints' / 'last.ckpt'}", file=sys.stderr)
+        return 1
+    best = "n/a" if result.best_val_nll is None else f"{result.best_val_nll:.3f} nats/crystal"
+    print(f"parameters     {result.num_parameters:,}\nsteps          {result.steps}\nepochs         {result.epochs}\n"
+          f"wall time      {result.wall_s:.0f} s\nbest val NLL   {best}\nmodel          {result.model_dir}")
+    return 0
+
+
 # ---------------------------------------------------------------------- parsers
 def _add_data(sub) -> None:
     from .grammar import DEFAULT_N_MAX
@@ -70,6 +117,29 @@ def _add_data(sub) -> None:
     p.set_defaults(func=cmd_data_prepare)
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a CrystalFormer model",
+                       description="Train on CDVAE CSV files, CIF folders or prepared directories (prepared and "
+                                   "cached on first use). The best model by validation NLL is written to OUT/model.")
+    p.add_argument("--data", action="append", type=Path, metavar="PATH",
+                   help="training data: CSV, CIF file/folder or prepared directory (repeatable; "
+                        "not needed with --resume, which reads the run's own)")
+    p.add_argument("--val", action="append", type=Path, metavar="PATH",
+                   help="validation data (repeatable); without it --val-fraction of the training data is held out")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="held-out fraction without --val (default 0.05)")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument("--preset", choices=("tiny", "small", "base"), default="small",
+                   help="model + training preset (tiny: seconds, tests; small: CPU; base: GPU, ~5M parameters)")
+    p.add_argument("--config", type=Path, metavar="YAML",
+                   help="YAML overrides of any config field: flat (lr: 3e-4) or nested (model: {n_layer: 6})")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override one config field (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start again in a non-empty RUN_DIR")
+    p.add_argument("--cache-dir", type=Path, help="where CSV/CIF inputs are prepared (default ~/.cache/crystalformer)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -77,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Space-group-aware generative transformer for crystal structures.")
     parser.add_argument("--version", action="version", version=f"crystalformer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_data,):
+    for add in (_add_data, _add_train):
         add(sub)
     return parser
 

@@ -43,7 +43,7 @@ class CrystalDataset(torch.utils.data.Dataset):
     ``dataset[(i, with_prompt)]`` (what :class:`PromptSampler` yields) decides it explicitly.
     """
 
-    def __init__(self, prepared, prompt_fraction: float = 0.5, seed: int = 0):
+    def __init__(self, prepared, prompt_fraction: float = 0.5, seed: int = 0, indices=None):
         if not 0.0 <= prompt_fraction <= 1.0:
             raise ValueError(f"prompt_fraction must be in [0, 1], got {prompt_fraction}")
         items = [prepared] if isinstance(prepared, (str, Path, PreparedData)) else list(prepared)
@@ -55,6 +55,11 @@ class CrystalDataset(torch.utils.data.Dataset):
             raise ValueError(f"prepared directories use different vocabularies (sizes {sorted(vocabularies)})")
         sizes = [len(p) for p in self.parts]
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # (parts + 1,)
+        # a subset (e.g. a held-out validation split) keeps global indices; ``dataset[i]`` is its i-th
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        if self.indices is not None and len(self.indices) and not (
+                0 <= self.indices.min() and self.indices.max() < self.starts[-1]):
+            raise IndexError(f"subset indices must lie in [0, {int(self.starts[-1])})")
         self.prompt_fraction = prompt_fraction
         self.seed = seed
         self.set_epoch(0)
@@ -68,12 +73,14 @@ class CrystalDataset(torch.utils.data.Dataset):
         self.flags = prompt_flags(len(self), self.prompt_fraction, self.seed, epoch)
 
     def __len__(self) -> int:
-        return int(self.starts[-1])
+        return int(self.starts[-1]) if self.indices is None else len(self.indices)
 
     def locate(self, idx: int) -> tuple[PreparedData, int]:
         """The prepared part holding example ``idx`` and the index within it."""
         if not 0 <= idx < len(self):
             raise IndexError(f"index {idx} out of range for a dataset of {len(self)} crystals")
+        if self.indices is not None:
+            idx = int(self.indices[idx])
         part = int(np.searchsorted(self.starts, idx, side="right")) - 1
         return self.parts[part], idx - int(self.starts[part])
 
@@ -114,12 +121,14 @@ class PromptSampler(torch.utils.data.Sampler):
         return iter([(i, flags[i]) for i in order])
 
 
-def collate(examples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
+def collate(examples: list[dict], pad_id: int = 0, grammar=None) -> dict[str, torch.Tensor]:
     """Pad to the longest stream in the batch.
 
     Returns ids (B, T) long (``pad_id`` after the end), values (B, T) float32 (0 there),
     slots (B, T) long (``Slot.PAD`` = 0 there), mask (B, T) bool (True on real tokens),
-    num_atoms (B,) long.
+    num_atoms (B,) long; with a ``grammar`` also allowed (B, T, V) bool, the legal tokens
+    before each position (what the model's masked categorical needs; computed here so that
+    DataLoader workers do it).
     """
     if not examples:
         raise ValueError("cannot collate an empty batch")
@@ -136,7 +145,12 @@ def collate(examples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
         slots[b, :n] = torch.as_tensor(e["slots"], dtype=torch.long)
         mask[b, :n] = True
     num_atoms = torch.tensor([e["num_atoms"] for e in examples], dtype=torch.long)  # (B,)
-    return {"ids": ids, "values": values, "slots": slots, "mask": mask, "num_atoms": num_atoms}
+    batch = {"ids": ids, "values": values, "slots": slots, "mask": mask, "num_atoms": num_atoms}
+    if grammar is not None:
+        from .model.crystalformer import grammar_masks
+
+        batch["allowed"] = grammar_masks(grammar, ids, mask)
+    return batch
 
 
 def default_cache_dir() -> Path:
@@ -167,13 +181,19 @@ class CrystalDataModule(L.LightningDataModule):
 
     ``train`` / ``val``: a path or a list of paths (prepared directories, CDVAE CSV files, CIF
     files or folders); several are concatenated. ``seed`` fixes shuffling and prompt draws.
+    Without ``val``, ``val_fraction`` of the training crystals (a seeded draw) are held out
+    for validation. With a ``grammar``, batches carry the legal-token masks (``allowed``).
     """
 
     def __init__(self, train, val=None, batch_size: int = 64, num_workers: int = 0, prompt_fraction: float = 0.5,
-                 seed: int = 0, cache_dir=None, prepare_config: PrepareConfig | None = None):
+                 seed: int = 0, cache_dir=None, prepare_config: PrepareConfig | None = None,
+                 val_fraction: float = 0.0, grammar=None):
         super().__init__()
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.val_fraction, self.grammar = val_fraction, grammar
         if not 0.0 <= prompt_fraction <= 1.0:
             raise ValueError(f"prompt_fraction must be in [0, 1], got {prompt_fraction}")
         self.train_inputs, self.val_inputs = train, val
@@ -194,6 +214,14 @@ class CrystalDataModule(L.LightningDataModule):
         if self.train_set is None:
             dirs = as_prepared(self.train_inputs, self.cache_dir, self.prepare_config, progress=False)
             self.train_set = CrystalDataset(dirs, self.prompt_fraction, self.seed)
+            if self.val_inputs is None and self.val_fraction > 0:
+                n = len(self.train_set)
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(self.seed, 3))).numpy()
+                n_val = max(1, int(round(self.val_fraction * n)))
+                if n_val >= n:
+                    raise ValueError(f"val_fraction {self.val_fraction} of {n} crystals leaves nothing to train on")
+                self.train_set = CrystalDataset(dirs, self.prompt_fraction, self.seed, indices=np.sort(order[n_val:]))
+                self.val_set = CrystalDataset(dirs, self.prompt_fraction, self.seed + 1, indices=np.sort(order[:n_val]))
         if self.val_set is None and self.val_inputs is not None:
             dirs = as_prepared(self.val_inputs, self.cache_dir, self.prepare_config, progress=False)
             self.val_set = CrystalDataset(dirs, self.prompt_fraction, self.seed + 1)
@@ -202,7 +230,7 @@ class CrystalDataModule(L.LightningDataModule):
         sampler = PromptSampler(dataset, shuffle=train, seed=dataset.seed, per_epoch=train)
         return torch.utils.data.DataLoader(
             dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-            collate_fn=partial(collate, pad_id=dataset.pad_id),
+            collate_fn=partial(collate, pad_id=dataset.pad_id, grammar=self.grammar),
             generator=torch.Generator().manual_seed(_seed(self.seed, 2)),  # worker seeds: not the global RNG
             persistent_workers=self.num_workers > 0)
 

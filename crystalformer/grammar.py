@@ -48,6 +48,7 @@ from .tokenizer import (
 DEFAULT_N_MAX = 64  # symmetry-distinct sites; MP-20 needs ~21 in conventional cells, MPTS-52 more
 
 INF = 10**9
+MASK_CACHE_SIZE = 100_000  # cached masks per Grammar (632 bytes each: ~63 MB at most)
 
 
 class Phase(enum.IntEnum):
@@ -108,13 +109,23 @@ class Grammar:
         # atomic numbers from the symbols, not from vocabulary order: a loaded vocabulary may list elements in any order
         self._z_of_element = np.array([_atomic_number(tokenizer.vocab[i]) for i in self.element_ids])
         self._element_z = dict(zip(self.element_ids.tolist(), self._z_of_element.tolist()))
+        self._cache: dict[GrammarState, np.ndarray] = {}
 
     # ------------------------------------------------------------------ public API
     def start(self) -> GrammarState:
         return GrammarState()
 
     def allowed(self, state: GrammarState) -> np.ndarray:
-        """Boolean mask (V,) of the legal next tokens."""
+        """Boolean mask (V,) of the legal next tokens (read-only: cached per state)."""
+        mask = self._cache.get(state)
+        if mask is None:
+            if len(self._cache) >= MASK_CACHE_SIZE:  # states with composition prompts are many; bound the memory
+                self._cache.clear()
+            mask = self._cache[state] = self._allowed(state)
+            mask.flags.writeable = False
+        return mask
+
+    def _allowed(self, state: GrammarState) -> np.ndarray:
         mask = np.zeros(self.V, dtype=bool)
         ph = state.phase
         if ph == Phase.BEGIN:

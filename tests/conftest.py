@@ -38,3 +38,14 @@ def fixture_crystals():
     for name in sorted(p.name for p in DATA.glob("*_sample.csv")):
         out += load_fixture_crystals(name)
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tests use tiny models: one intra-op thread each avoids oversubscribing the cores under pytest-xdist."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,0 +1,94 @@
+"""Thin LightningModule around :class:`~crystalformer.model.CrystalFormer`.
+
+All modelling lives in the pure-torch model (``model.loss(batch)``); this wrapper adds the
+optimiser (AdamW, weight decay on matrices only), the learning-rate schedule (linear warm-up,
+cosine decay to ``lr * min_lr_ratio``), logging of the NLL per slot type, and the NaN guard.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from .config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
+from .model import CrystalFormer
+from .model.crystalformer import SCORED_SLOTS
+from .tokenizer import CrystalTokenizer
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class CrystalFormerModule(L.LightningModule):
+    def __init__(self, model_config: dict, train_config: dict, vocab: list[str]):
+        super().__init__()
+        # plain dicts and lists: the checkpoint's hyper-parameters need no classes to be read back
+        self.save_hyperparameters()
+        self.model_config = config_from_dict(ModelConfig, model_config)
+        self.train_config = config_from_dict(TrainConfig, train_config)
+        self.model = CrystalFormer(self.model_config, CrystalTokenizer(vocab=list(vocab)))
+        self._val_sums: dict[str, float] = {}
+
+    @classmethod
+    def create(cls, model_config: ModelConfig, train_config: TrainConfig, tokenizer: CrystalTokenizer):
+        return cls(config_to_dict(model_config), config_to_dict(train_config), list(tokenizer.vocab))
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch, batch_idx):
+        loss, lp = self.model.loss(batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"training loss is {loss.item()} at step {self.global_step} (epoch "
+                                     f"{self.current_epoch}); the last good checkpoint is kept")
+        B = batch["ids"].shape[0]
+        self.log("train/nll", loss, prog_bar=True, batch_size=B)
+        for name, v in lp.by_slot.items():
+            self.log(f"train/nll_{name}", -v.mean(), batch_size=B)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=B)
+        return loss
+
+    def on_validation_epoch_start(self):
+        self._val_sums = {"n": 0.0, "tokens": 0.0, "nll": 0.0, **{k: 0.0 for k in SCORED_SLOTS}}
+
+    def validation_step(self, batch, batch_idx):
+        lp = self.model.log_prob_batch(batch)
+        s = self._val_sums
+        s["n"] += lp.total.numel()
+        s["tokens"] += float(lp.num_tokens.sum())
+        s["nll"] += float(-lp.total.sum())
+        for k, v in lp.by_slot.items():
+            s[k] += float(-v.sum())
+
+    def on_validation_epoch_end(self):
+        s = self._val_sums
+        if not s.get("n"):
+            return
+        sums = torch.tensor([s["n"], s["tokens"], s["nll"], *(s[k] for k in SCORED_SLOTS)], device=self.device)
+        sums = self.all_gather(sums).reshape(-1, sums.numel()).sum(0) if self.trainer.world_size > 1 else sums
+        n, tokens, nll = sums[0], sums[1], sums[2]
+        self.log("val/nll", nll / n, prog_bar=True, sync_dist=False)
+        self.log("val/nll_per_token", nll / tokens, sync_dist=False)
+        for i, k in enumerate(SCORED_SLOTS):
+            self.log(f"val/nll_{k}", sums[3 + i] / n, sync_dist=False)
+
+    # ------------------------------------------------------------------ optimiser
+    def configure_optimizers(self):
+        cfg = self.train_config
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+        no_decay = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, cfg))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at ``total`` steps."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, total - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,9 @@
+"""The pure-torch model: transformer with KV cache, hybrid heads, exact log-likelihood, model files."""
+
+from __future__ import annotations
+
+from .crystalformer import CrystalFormer, LogProb, grammar_masks
+from .files import load_model, save_model
+from .transformer import KVCache
+
+__all__ = ["CrystalFormer", "KVCache", "LogProb", "grammar_masks", "load_model", "save_model"]

@@ -1,0 +1,92 @@
+"""Model directories: ``config.json`` + ``model.safetensors`` + ``tokenizer.json`` + ``metadata.json``.
+
+Nothing in a model directory is unpickled: weights are safetensors, everything else is JSON.
+Writes go to a temporary sibling directory that replaces the target at the end, so a crash
+never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..config import ModelConfig, config_from_dict, config_to_dict
+
+FORMAT = "crystalformer-model"
+FORMAT_VERSION = 1
+FILES = ("config.json", "model.safetensors", "tokenizer.json", "metadata.json")
+
+
+def save_model(model, path, metadata: dict | None = None) -> Path:
+    """Write ``model`` (a CrystalFormer) as a model directory at ``path`` (replaced if it exists)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": config_to_dict(model.config)}
+    _write_json(tmp / "config.json", config)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+    model.tokenizer.save(tmp)
+    _write_json(tmp / "metadata.json", {"num_parameters": model.num_parameters(), **(metadata or {})})
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)
+    return path
+
+
+def load_model(path, device="cpu"):
+    """The CrystalFormer stored in a model directory (see :func:`save_model`), in eval mode."""
+    from safetensors.torch import load_file
+
+    from ..tokenizer import CrystalTokenizer
+    from .crystalformer import CrystalFormer
+
+    path = Path(path)
+    missing = [name for name in FILES[:3] if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} is not a crystalformer model directory: missing {', '.join(missing)}")
+    config = read_config(path)
+    tokenizer = CrystalTokenizer.load(path)
+    model = CrystalFormer(config, tokenizer)
+    state = load_file(str(path / "model.safetensors"), device=str(device))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path / 'model.safetensors'} does not fit the model in config.json: {err}") from None
+    return model.to(device).eval()
+
+
+def read_config(path) -> ModelConfig:
+    path = Path(path)
+    try:
+        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path / 'config.json'} is not valid JSON: {err}") from None
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path / 'config.json'} is not a crystalformer model config (format {data.get('format')!r})")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path} has model format {data.get('format_version')}; this package reads {FORMAT_VERSION}")
+    return config_from_dict(ModelConfig, data["model"])
+
+
+def read_metadata(path) -> dict:
+    f = Path(path) / "metadata.json"
+    return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
