@@ -225,10 +225,23 @@ class Grammar:
             return False
         return True
 
-    def masks(self, ids) -> np.ndarray:
-        """(T, V) mask of the legal tokens at each position of a legal stream (teacher forcing)."""
+    def structural(self, state: GrammarState) -> np.ndarray:
+        """Like :meth:`allowed` but ignoring the composition prompt's counts (the prompt stays context).
+
+        These are the model's own masks: p(X | prompt) is normalized over structurally legal tokens,
+        and conditioning on the exact composition is left to the sampler (masking + importance
+        weights), so that the weights measure how much mass the model puts on feasible tokens.
+        """
+        return self.allowed(replace(state, remaining=None) if state.remaining is not None else state)
+
+    def masks(self, ids, composition: bool = True) -> np.ndarray:
+        """(T, V) mask of the legal tokens at each position of a legal stream (teacher forcing).
+
+        ``composition=False`` gives the :meth:`structural` masks.
+        """
         states = self.walk(ids)[:-1]
-        return np.stack([self.allowed(s) for s in states])
+        allowed = self.allowed if composition else self.structural
+        return np.stack([allowed(s) for s in states])
 
     # ------------------------------------------------------------------ helpers
     def _enter_space_group(self, state: GrammarState, t: int) -> GrammarState:

@@ -146,7 +146,7 @@ def test_log_prob_equals_sum_of_incremental_step_log_probs(model, tokenizer, cry
                 sg = sgs[:, -1]
                 nxt, slot = ids[0, t + 1], Slot(int(slots[0, t + 1]))
                 if slot in (Slot.SPACE_GROUP, Slot.WYCKOFF, Slot.ELEMENT, Slot.STOP):
-                    allowed = torch.from_numpy(model.grammar.allowed(state).copy())
+                    allowed = torch.from_numpy(model.grammar.structural(state).copy())
                     allowed[tokenizer.id("[COMP]")] = False
                     total += float(model.token_distribution(h[0, -1], allowed).log_prob(nxt))
                 elif slot == Slot.COORD:

@@ -3,7 +3,9 @@
 The position before token t+1 predicts it (teacher forcing):
 
 - discrete choices (space group, Wyckoff letter or [STOP], element) come from a categorical
-  over the vocabulary masked by the grammar; forced tokens ([BOS], axis and lattice tokens,
+  over the vocabulary masked by the grammar's structural rules (a composition prompt is
+  context the model learns to follow; exact conditioning on it is the sampler's job, with
+  importance weights for the mass the composition masks remove); forced tokens ([BOS], axis and lattice tokens,
   [EOS]) have exactly one legal value and contribute log 1 = 0; the composition prompt is
   conditioning, never scored (and [COMP] is never a choice: the prompt is given or absent);
 - a free fractional coordinate (slot COORD) has a von Mises mixture density per unit of
@@ -186,14 +188,18 @@ class CrystalFormer(nn.Module):
 
 
 def grammar_masks(grammar: Grammar, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B, T, V) bool: legal tokens before each position of each stream; True on padding."""
+    """(B, T, V) bool: structurally legal tokens before each position of each stream; True on padding.
+
+    The composition prompt is context, not a mask (:meth:`Grammar.structural`): the model learns
+    to respect it, and samplers condition on it exactly (CSP, DESIGN section 6).
+    """
     B, T = ids.shape
     out = np.ones((B, T, grammar.V), dtype=bool)
     ids_np = ids.cpu().numpy()
     lengths = valid.sum(1).cpu().numpy()
     for b in range(B):
         n = int(lengths[b])
-        out[b, :n] = grammar.masks(ids_np[b, :n])
+        out[b, :n] = grammar.masks(ids_np[b, :n], composition=False)
     return torch.from_numpy(out)
 
 
