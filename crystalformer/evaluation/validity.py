@@ -82,7 +82,9 @@ def smact_validity(structure_or_composition, use_pauling_test: bool = True, incl
     space = smact.element_dictionary(symbols)
     elements = [space[s] for s in symbols]
     electronegs = [e.pauling_eneg for e in elements]
-    ox_combos = [e.oxidation_states for e in elements]
+    # an element without oxidation-state data in this smact version (e.g. Pm in smact 4.0) cannot be
+    # balanced: no combination, so the composition is invalid
+    ox_combos = [e.oxidation_states or [] for e in elements]
     if int(np.prod([len(o) for o in ox_combos], dtype=float)) > MAX_OXIDATION_COMBINATIONS:
         return False
     threshold = max(counts)

@@ -1,0 +1,145 @@
+"""``crystalformer evaluate generation|csp``: metrics of generated crystals as JSON plus a PNG report.
+
+Wire into the main CLI with ``from .evaluation.cli import add_parser as _add_evaluate`` and add
+``_add_evaluate`` to the parser builders in ``crystalformer/cli.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def _usage_error(msg: str):
+    from ..cli import UsageError
+
+    return UsageError(msg)
+
+
+def _check_outputs(args) -> Path | None:
+    """Validate --json / --report; refuse to overwrite without --overwrite. Returns the report path (or None)."""
+    out = args.json
+    if out.suffix.lower() != ".json":
+        raise _usage_error(f"--json {out}: expected a .json file name")
+    if out.exists() and out.is_dir():
+        raise _usage_error(f"--json {out}: is a folder")
+    report = None if args.no_report else (args.report or out.with_suffix(".png"))
+    if report is not None and report.suffix.lower() != ".png":
+        raise _usage_error(f"--report {report}: expected a .png file name")
+    for path in [out] + ([report] if report else []):
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+        if not path.parent.is_dir():
+            raise _usage_error(f"{path}: folder {path.parent} does not exist")
+    if args.workers < 1:
+        raise _usage_error(f"--workers must be >= 1, got {args.workers}")
+    return report
+
+
+def _write_json(path: Path, obj) -> None:
+    from .runner import json_ready
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(json_ready(obj), f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _finish(result: dict, args, report: Path | None) -> int:
+    _write_json(args.json, result)
+    if report is not None:
+        from .report import write_report
+
+        write_report(result, report)
+    for k, v in result["metrics"].items():
+        print(f"{k:28s} {v:.4f}" if isinstance(v, float) else f"{k:28s} {v}")
+    fails = {k: v["by_step"] for k, v in result["failures"].items() if v["by_step"]}
+    if fails:
+        print(f"per-structure failures (counted, see {args.json}): {fails}")
+    print(f"wrote {args.json}" + (f" and {report}" if report else ""))
+    return 0
+
+
+def cmd_evaluate_generation(args: argparse.Namespace) -> int:
+    from .runner import evaluate_generation
+
+    for flag, path in (("--samples", args.samples), ("--reference", args.reference)):
+        if not path.exists():
+            raise _usage_error(f"{flag} {path}: file or folder not found")
+    if (args.struct_cutoff is None) != (args.comp_cutoff is None):
+        raise _usage_error("give both --struct-cutoff and --comp-cutoff, or neither")
+    report = _check_outputs(args)
+    cutoffs = None if args.struct_cutoff is None else (args.struct_cutoff, args.comp_cutoff)
+    result = evaluate_generation(args.samples, args.reference, dataset=args.dataset, cutoffs=cutoffs,
+                                 n_wdist=args.n_wdist, max_reference=args.max_reference, max_samples=args.max_samples,
+                                 seed=args.seed, workers=args.workers, coverage=not args.no_coverage,
+                                 novelty=not args.no_novelty, symprec=args.symprec, progress=not args.quiet)
+    return _finish(result, args, report)
+
+
+def cmd_evaluate_csp(args: argparse.Namespace) -> int:
+    from .runner import evaluate_csp
+
+    for flag, path in (("--predictions", args.predictions), ("--targets", args.targets)):
+        if not path.exists():
+            raise _usage_error(f"{flag} {path}: file or folder not found")
+    if any(k < 1 for k in args.k or []):
+        raise _usage_error(f"--k values must be >= 1, got {args.k}")
+    report = _check_outputs(args)
+    result = evaluate_csp(args.predictions, args.targets, ks=args.k, workers=args.workers, progress=not args.quiet,
+                          max_targets=args.max_targets, seed=args.seed)
+    return _finish(result, args, report)
+
+
+def _common(p) -> None:
+    p.add_argument("--json", type=Path, required=True, metavar="OUT.json", help="metrics file to write")
+    p.add_argument("--report", type=Path, metavar="OUT.png", help="plots (default: OUT with .png)")
+    p.add_argument("--no-report", action="store_true", help="write no plots")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random subset (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_parser(sub) -> None:
+    """Add ``evaluate`` with ``generation`` and ``csp`` subcommands to an argparse subparsers object."""
+    ev = sub.add_parser("evaluate", help="metrics of generated crystals (CDVAE / DiffCSP protocol)") \
+        .add_subparsers(dest="evaluate_command", metavar="COMMAND", required=True)
+    g = ev.add_parser("generation", help="validity, coverage, property distances, uniqueness/novelty, space groups",
+                      description="Generation metrics of samples against a reference set (usually the test or "
+                                  "train split), as CDVAE/DiffCSP compute them; see DESIGN.md section 9.")
+    g.add_argument("--samples", type=Path, required=True, metavar="PATH",
+                   help="folder of *.cif (+ samples.json), a samples.json, or a CSV with a 'cif' column")
+    g.add_argument("--reference", type=Path, required=True, metavar="CSV", help="reference structures (CDVAE CSV)")
+    g.add_argument("--dataset", choices=("mp_20", "mpts_52", "perov_5", "carbon_24"),
+                   help="coverage cutoffs to use (default: guessed from the reference path, else mp_20)")
+    g.add_argument("--struct-cutoff", type=float, help="override the structure-fingerprint cutoff")
+    g.add_argument("--comp-cutoff", type=float, help="override the composition-fingerprint cutoff")
+    g.add_argument("--n-wdist", type=int, default=1000, help="valid samples for the Wasserstein distances (1000)")
+    g.add_argument("--max-samples", type=int, help="evaluate a random subset of the samples")
+    g.add_argument("--max-reference", type=int, help="use a random subset of the reference (CrystalNN is slow)")
+    g.add_argument("--symprec", type=float, default=0.1, help="space-group tolerance in Å (default 0.1)")
+    g.add_argument("--no-coverage", action="store_true", help="skip fingerprints and COV (the slow part)")
+    g.add_argument("--no-novelty", action="store_true", help="skip uniqueness and novelty")
+    _common(g)
+    g.set_defaults(func=cmd_evaluate_generation)
+    c = ev.add_parser("csp", help="CSP match rate and RMSE, k=1 and best-of-k",
+                      description="Match predictions to targets by material_id; StructureMatcher(stol=0.5, "
+                                  "angle_tol=10, ltol=0.3); match rate over all targets, RMSE over matches.")
+    c.add_argument("--predictions", type=Path, required=True, metavar="PATH",
+                   help="folder from 'crystalformer csp' (<material_id>_<rank>.cif + samples.json) or a CSV "
+                        "with material_id (and rank) columns")
+    c.add_argument("--targets", type=Path, required=True, metavar="CSV", help="target structures (CDVAE CSV)")
+    c.add_argument("--k", type=int, action="append", metavar="K",
+                   help="report best-of-K (repeatable; default 1 and the most predictions per target)")
+    c.add_argument("--max-targets", type=int, help="evaluate a random subset of the targets")
+    _common(c)
+    c.set_defaults(func=cmd_evaluate_csp)
