@@ -1,0 +1,95 @@
+"""Throughput of each evaluation metric (structures per second), median of several runs.
+
+Per-metric rows time one process on --n structures of a CSV (default: the MP-20 val split);
+the 'pipeline' rows time the whole per-structure analysis (parse, validity, space group,
+fingerprints) through ``analyze_all`` with 1 and --workers processes.
+
+    python scripts/bench_evaluate.py --csv ../shared/data/mp_20/val.csv --n 100 --json /tmp/bench_evaluate.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+
+def _timed(fn, items, repeats: int) -> float:
+    """Median structures/s of ``fn`` over ``items``."""
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for x in items:
+            fn(x)
+        rates.append(len(items) / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--csv", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared/data/mp_20/val.csv")
+    ap.add_argument("--n", type=int, default=100, help="structures (first N rows)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--json", type=Path, required=True)
+    args = ap.parse_args(argv)
+    warnings.simplefilter("ignore")  # pymatgen's per-CIF "rounded to ideal values" notes
+
+    from pymatgen.core import Structure
+
+    from crystalformer.evaluation.analysis import Options, analyze_all
+    from crystalformer.evaluation.coverage import composition_fingerprint, structure_fingerprint
+    from crystalformer.evaluation.csp import csp_matcher
+    from crystalformer.evaluation.loading import load_entries
+    from crystalformer.evaluation.symmetry_stats import space_group_number
+    from crystalformer.evaluation.uniqueness import _matcher
+    from crystalformer.evaluation.validity import smact_validity, structure_validity
+
+    entries = load_entries(args.csv)[:args.n]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        structs = [Structure.from_str(e.cif, fmt="cif") for e in entries]
+        perturbed = [s.copy().perturb(0.05) for s in structs]
+    sm, csp = _matcher(), csp_matcher()
+    pairs = list(zip(structs, perturbed))
+    rows = {
+        "parse CIF": _timed(lambda e: Structure.from_str(e.cif, fmt="cif"), entries, args.repeats),
+        "structure validity": _timed(structure_validity, structs, args.repeats),
+        "SMACT validity": _timed(smact_validity, structs, args.repeats),
+        # pymatgen caches spglib results per cell: each repeat gets fresh cells (sub-symprec jitter)
+        "space group (symprec 0.1)": statistics.median(
+            _timed(space_group_number, [s.copy().perturb(1e-5 * (r + 1)) for s in structs], 1)
+            for r in range(args.repeats)),
+        "Magpie fingerprint": _timed(composition_fingerprint, structs, args.repeats),
+        "CrystalNN fingerprint": _timed(structure_fingerprint, structs, max(1, args.repeats - 2)),
+        "StructureMatcher.fit (pairs/s)": _timed(lambda p: sm.fit(*p), pairs, args.repeats),
+        "CSP get_rms_dist (pairs/s)": _timed(lambda p: csp.get_rms_dist(*p), pairs, args.repeats),
+    }
+    for w in sorted({1, args.workers}):
+        rates = []
+        for _ in range(max(1, args.repeats - 2)):
+            t0 = time.perf_counter()
+            analyze_all(entries, Options(keep_structure=False), workers=w, progress=False)
+            rates.append(len(entries) / (time.perf_counter() - t0))
+        rows[f"pipeline, {w} process(es)"] = statistics.median(rates)
+    print(f"| metric ({args.csv.parent.name}/{args.csv.name}, {len(entries)} structures) | structures/s |")
+    print("|---|---|")
+    for k, v in rows.items():
+        print(f"| {k} | {v:,.1f} |")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=args.json.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"csv": str(args.csv), "n": len(entries), "repeats": args.repeats, "cpu_count": os.cpu_count(),
+                   "structures_per_s": rows}, f, indent=1)
+    os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
