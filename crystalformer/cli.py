@@ -147,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Space-group-aware generative transformer for crystal structures.")
     parser.add_argument("--version", action="version", version=f"crystalformer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_data, _add_train):
+    from .sampling.cli import add_parsers as _add_sampling
+
+    for add in (_add_data, _add_train, _add_sampling):
         add(sub)
     return parser
 

@@ -90,11 +90,13 @@ class IllegalTokenError(ValueError):
 class Grammar:
     """Legal-next-token masks over a :class:`CrystalTokenizer` vocabulary."""
 
-    def __init__(self, tokenizer: CrystalTokenizer, n_max: int = DEFAULT_N_MAX):
+    def __init__(self, tokenizer: CrystalTokenizer, n_max: int = DEFAULT_N_MAX, composition: bool = True):
+        """``composition=False``: a prompt is parsed (it stays context) but its counts are not enforced."""
         if n_max < 1:
             raise ValueError(f"n_max must be >= 1, got {n_max}")
         self.tokenizer = tokenizer
         self.n_max = n_max
+        self.composition = composition
         tid = tokenizer.id
         self.V = tokenizer.vocab_size
         self.pad, self.bos, self.eos, self.stop = tid(PAD), tid(BOS), tid(EOS), tid(STOP)
@@ -168,7 +170,7 @@ class Grammar:
             return self._enter_space_group(state, t)
         if ph == Phase.COMP_ELEMENT:
             if t == self.end_comp:
-                return replace(state, phase=Phase.SPACE_GROUP, remaining=state.prompt)
+                return replace(state, phase=Phase.SPACE_GROUP, remaining=state.prompt if self.composition else None)
             return replace(state, phase=Phase.COMP_COUNT, prompt=state.prompt + ((t, 0),))
         if ph == Phase.COMP_COUNT:
             el = state.prompt[-1][0]

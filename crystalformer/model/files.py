@@ -46,14 +46,18 @@ def save_model(model, path, metadata: dict | None = None) -> Path:
     return path
 
 
-def load_model(path, device="cpu"):
-    """The CrystalFormer stored in a model directory (see :func:`save_model`), in eval mode."""
+def load_model(path=None, device="cpu"):
+    """The CrystalFormer stored in a model directory (see :func:`save_model`), in eval mode.
+
+    Without ``path``, the default model shipped inside the package.
+    """
     from safetensors.torch import load_file
 
     from ..tokenizer import CrystalTokenizer
     from .crystalformer import CrystalFormer
+    from .default import default_model_dir
 
-    path = Path(path)
+    path = default_model_dir() if path is None else Path(path)
     missing = [name for name in FILES[:3] if not (path / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} is not a crystalformer model directory: missing {', '.join(missing)}")

@@ -1,0 +1,156 @@
+"""Generation and crystal structure prediction: typed functions over :func:`decode`.
+
+``sample`` draws crystals from p(X), optionally in given space groups and with element
+allow-lists; ``predict_structure`` draws from p(X | composition) (CSP). Both return a
+:class:`SampleSet`: every particle becomes a :class:`Sample` holding its Crystal (or the reason
+it could not be built) and its log-likelihood under the model.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import CrystalError
+from .constraints import Branch, Constraint, ConstraintMasks, composition_branches, parse_composition
+from .decoder import DecodeOptions, decode, fitting_grammar, systematic_resample
+
+
+@dataclass
+class Sample:
+    crystal: object | None  # Crystal, or None when the stream could not be turned into one
+    log_likelihood: float
+    ids: list[int] = field(repr=False, default_factory=list)
+    values: list[float] = field(repr=False, default_factory=list)
+    error: str | None = None
+    prompt: str | None = None  # the composition prompt it was decoded with (CSP)
+
+    def summary(self) -> dict:
+        c = self.crystal
+        out = {"log_likelihood": round(float(self.log_likelihood), 4), "error": self.error, "prompt": self.prompt}
+        if c is not None:
+            out.update(space_group=c.space_group, formula=c.formula, num_atoms=c.num_atoms,
+                       wyckoff=c.wyckoff_sequence, text=c.to_text())
+        return out
+
+
+@dataclass
+class SampleSet:
+    samples: list[Sample]
+    log_evidence: float | None = None  # log mass of the model on constraint-satisfying crystals (SMC estimate)
+    resamples: int = 0
+
+    @property
+    def crystals(self) -> list:
+        return [s.crystal for s in self.samples if s.crystal is not None]
+
+    def failures(self) -> Counter:
+        return Counter(s.error.split(":")[0] for s in self.samples if s.error)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _to_samples(model, decoded, prompts=None) -> list[Sample]:
+    out = []
+    for i, (ids, vals) in enumerate(zip(decoded.ids, decoded.values)):
+        crystal, error = None, None
+        try:
+            crystal = model.tokenizer.decode(ids, vals)
+        except (CrystalError, ValueError) as err:
+            reason = getattr(err, "reason", "invalid")
+            error = f"{reason}: {err}"
+        out.append(Sample(crystal, float(decoded.log_likelihood[i]), ids, vals, error,
+                          None if prompts is None else prompts[i]))
+    return out
+
+
+def sample(model, n: int, space_groups=None, elements=None, site_elements=None, temperature: float = 1.0,
+           top_p: float = 1.0, batch_size: int = 256, seed: int = 0, smc: bool = True,
+           progress: bool = False) -> SampleSet:
+    """Draw ``n`` crystals from the model (optionally in ``space_groups``, with element allow-lists).
+
+    ``elements``: symbols every site must use; ``site_elements``: {site index: symbols}.
+    With constraints and ``smc`` the samples follow p(X | constraints) exactly (see decoder).
+    """
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
+    if isinstance(space_groups, int):
+        space_groups = [space_groups]
+    constraint = Constraint(
+        space_groups=None if space_groups is None else frozenset(int(s) for s in space_groups),
+        elements=None if elements is None else frozenset(elements),
+        site_elements=tuple((int(i), frozenset(els)) for i, els in (site_elements or {}).items()))
+    masks = ConstraintMasks.compile(constraint, model.grammar)
+    options = DecodeOptions(temperature=temperature, top_p=top_p, smc=smc)
+    constrained = space_groups is not None or elements is not None or bool(site_elements)
+    # with constraints, decode twice as many particles and draw the batch from their weights
+    oversample = 2 if constrained and smc else 1
+    generator = _generator(seed)
+    samples, evidence, resamples = [], [], 0
+    for start in _batches(n, batch_size, progress, "sample"):
+        size = min(batch_size, n - start)
+        decoded = decode(model, [[model.grammar.bos]] * (oversample * size), [masks] * (oversample * size), options,
+                         generator)
+        keep = _select(decoded.log_weight, size, generator) if smc else np.arange(size)
+        samples += [_to_samples(model, decoded)[i] for i in keep]
+        evidence.append(decoded.log_evidence)
+        resamples += decoded.resamples
+    return SampleSet(samples, float(np.mean(evidence)) if evidence else None, resamples)
+
+
+def predict_structure(model, composition, n: int = 20, cell: str = "reduced", formula_units=None,
+                      max_atoms: int = 80, space_groups=None, n_particles: int | None = None,
+                      temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, smc: bool = True) -> SampleSet:
+    """Crystal structure prediction: ``n`` crystals from p(X | composition), ranked by log-likelihood.
+
+    The composition becomes one or more prompts (:func:`composition_branches`); particles start
+    spread evenly over them, and sequential Monte Carlo moves them towards the prompts whose
+    exact completions the model finds likely. ``n_particles`` (default max(n, 64, branches))
+    particles are decoded in one batch; ``n`` of them are returned.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    num_elements = len(parse_composition(composition))
+    grammar = fitting_grammar(model, 3 + 2 * num_elements)  # [BOS] [COMP] (El N)* [/COMP]
+    branches = composition_branches(composition, grammar, cell, formula_units, max_atoms, space_groups)
+    N = max(2 * n, 64, len(branches)) if n_particles is None else max(n_particles, n)
+    assigned = [branches[i % len(branches)] for i in range(N)]
+    masks_of = {b: ConstraintMasks.compile(Constraint(space_groups=b.space_groups), grammar) for b in branches}
+    prefixes = [b.prompt_ids(grammar) for b in assigned]
+    options = DecodeOptions(temperature=temperature, top_p=top_p, smc=smc)
+    generator = _generator(seed)
+    decoded = decode(model, prefixes, [masks_of[b] for b in assigned], options, generator)
+    prompts = [assigned[a].formula for a in decoded.ancestors]
+    samples = _to_samples(model, decoded, prompts)
+    keep = _select(decoded.log_weight, n, generator) if smc else np.arange(n)
+    chosen = sorted((samples[i] for i in keep), key=lambda s: -s.log_likelihood)
+    return SampleSet(chosen, decoded.log_evidence, decoded.resamples)
+
+
+def _select(log_weight: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:
+    """n particle indices drawn by systematic resampling (equal weights: the first n, each once)."""
+    if not np.isfinite(log_weight).any():
+        raise ValueError("no particle satisfies the constraints")
+    if np.all(log_weight == log_weight[0]):
+        return np.arange(n)
+    return systematic_resample(log_weight, n, generator)
+
+
+def _batches(n: int, batch_size: int, progress: bool, what: str):
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        return tqdm(starts, desc=what, unit="batch")
+    return starts
+
+
+__all__ = ["Branch", "Sample", "SampleSet", "predict_structure", "sample"]

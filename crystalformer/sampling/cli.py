@@ -1,0 +1,234 @@
+"""``crystalformer sample`` / ``csp`` / ``infill``: parse, call the typed functions, write the folder."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def _usage(msg: str):
+    from ..cli import UsageError
+
+    return UsageError(msg)
+
+
+def _load(args):
+    from ..model import load_model
+
+    if args.model is None:
+        from ..model.default import default_model_dir
+
+        path = default_model_dir()
+    else:
+        path = args.model
+        if not Path(path).is_dir():
+            raise _usage(f"--model {path}: not a folder")
+    return load_model(path, device=args.device)
+
+
+def _symbols(text: str | None) -> list[str] | None:
+    return None if text is None else [s.strip() for s in text.replace(" ", ",").split(",") if s.strip()]
+
+
+def _print_table(samples, limit: int = 12) -> None:
+    print(f"{'#':>3}  {'space group':>11}  {'formula':<16} {'atoms':>5}  {'log p':>9}  wyckoff")
+    for i, s in enumerate(samples[:limit]):
+        c = s.crystal
+        if c is None:
+            print(f"{i:>3}  {'-':>11}  {'(not decoded)':<16} {'-':>5}  {s.log_likelihood:>9.2f}  {s.error}")
+        else:
+            print(f"{i:>3}  {c.space_group:>11}  {c.formula:<16} {c.num_atoms:>5}  {s.log_likelihood:>9.2f}  "
+                  f"{c.wyckoff_sequence}")
+    if len(samples) > limit:
+        print(f"... {len(samples) - limit} more in samples.json")
+
+
+def _meta(args, command: str, wall: float, **extra) -> dict:
+    return {"command": command, "model": str(args.model or "default"), "seed": args.seed,
+            "temperature": args.temperature, "top_p": args.top_p, "wall_s": round(wall, 2), **extra}
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .api import sample
+    from .output import check_output_dir, write_samples
+
+    check_output_dir(args.out, args.overwrite)
+    model = _load(args)
+    t0 = time.time()
+    result = sample(model, args.n, space_groups=args.space_group, elements=_symbols(args.elements),
+                    temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
+                    smc=not args.no_smc, progress=not args.quiet)
+    wall = time.time() - t0
+    counts = write_samples(result.samples, args.out, overwrite=args.overwrite,
+                           meta=_meta(args, "sample", wall, space_groups=args.space_group, elements=args.elements))
+    _print_table(result.samples)
+    print(f"{counts['written']} CIFs in {args.out} ({len(result)} sampled in {wall:.1f} s; "
+          f"{counts['not_decoded'] + counts['not_built']} not buildable, "
+          f"{counts['invalid_structure']} with atoms closer than 0.5 Å)")
+    return 0
+
+
+def cmd_csp(args: argparse.Namespace) -> int:
+    from .output import check_output_dir
+
+    if (args.composition is None) == (args.targets is None):
+        raise _usage("csp needs exactly one of --composition FORMULA or --targets CSV")
+    check_output_dir(args.out, args.overwrite)
+    model = _load(args)
+    if args.composition is not None:
+        return _csp_one(args, model)
+    return _csp_targets(args, model)
+
+
+def _csp_options(args) -> dict:
+    units = None if args.formula_units is None else [int(z) for z in _symbols(args.formula_units)]
+    return dict(n=args.n, formula_units=units, max_atoms=args.max_atoms, space_groups=args.space_group,
+                n_particles=args.particles, temperature=args.temperature, top_p=args.top_p, smc=not args.no_smc)
+
+
+def _csp_one(args, model) -> int:
+    from .api import predict_structure
+    from .output import write_samples
+
+    t0 = time.time()
+    result = predict_structure(model, args.composition, cell=args.cell, seed=args.seed, **_csp_options(args))
+    wall = time.time() - t0
+    names = [f"rank_{i:03d}" for i in range(len(result))]
+    extra = [{"rank": i} for i in range(len(result))]
+    counts = write_samples(result.samples, args.out, overwrite=args.overwrite, names=names, extra=extra,
+                           meta=_meta(args, "csp", wall, composition=args.composition, cell=args.cell,
+                                      log_evidence=result.log_evidence))
+    _print_table(result.samples)
+    print(f"{counts['written']} CIFs in {args.out}, ranked by log-likelihood ({wall:.1f} s)")
+    return 0
+
+
+def _csp_targets(args, model) -> int:
+    """One composition per CSV row (its structure's primitive cell), --n predictions each."""
+    from tqdm.auto import tqdm
+
+    from ..errors import CrystalError
+    from ..io import read_csv_records, structure_from_cif
+    from .api import predict_structure
+    from .output import write_samples
+
+    if not args.targets.is_file():
+        raise _usage(f"--targets {args.targets}: file not found")
+    records = list(read_csv_records(args.targets))
+    samples, names, extra, skipped = [], [], [], []
+    t0 = time.time()
+    for k, rec in enumerate(tqdm(records, desc="csp", unit="target", disable=args.quiet)):
+        try:
+            structure = structure_from_cif(rec.cif, f"{rec.source} row {rec.row}")
+            formula = structure.get_primitive_structure().composition.formula
+            result = predict_structure(model, formula, cell="primitive", seed=args.seed + k, **_csp_options(args))
+        except (ValueError, CrystalError) as err:
+            skipped.append({"material_id": rec.material_id, "reason": str(err)})
+            continue
+        for rank, s in enumerate(result.samples):
+            samples.append(s)
+            names.append(f"{rec.material_id}_{rank}")
+            extra.append({"material_id": rec.material_id, "rank": rank, "target_formula": formula})
+    wall = time.time() - t0
+    counts = write_samples(samples, args.out, overwrite=args.overwrite, names=names, extra=extra,
+                           meta=_meta(args, "csp --targets", wall, targets=str(args.targets), skipped=skipped,
+                                      num_targets=len(records)))
+    print(f"{len(records) - len(skipped)} of {len(records)} targets, {counts['written']} CIFs in {args.out} "
+          f"({wall:.1f} s)")
+    for s in skipped:
+        print(f"skipped {s['material_id']}: {s['reason']}")
+    return 0
+
+
+def cmd_infill(args: argparse.Namespace) -> int:
+    from ..crystal import Crystal
+    from ..io import to_structure
+    from .infill import infill
+    from .output import check_output_dir, write_samples
+
+    if (args.sites is None) == (args.element is None):
+        raise _usage("infill needs exactly one of --sites I,J,... or --element SYMBOL")
+    if not args.template.is_file():
+        raise _usage(f"--template {args.template}: file not found")
+    check_output_dir(args.out, args.overwrite)
+    model = _load(args)
+    template = Crystal.from_structure(to_structure(str(args.template)))
+    sites = args.element if args.element else [int(i) for i in _symbols(args.sites)]
+    allowed = _symbols(args.allow)
+    ties = {}
+    for item in args.tie or []:
+        a, sep, b = item.partition("=")
+        if not sep:
+            raise _usage(f"--tie {item!r}: expected I=J (site I takes the element of site J)")
+        ties[int(a)] = int(b)
+    t0 = time.time()
+    result = infill(model, template, sites, allowed=allowed, ties=ties or None, n=args.n, seed=args.seed)
+    wall = time.time() - t0
+    print(result.table())
+    from .api import Sample
+
+    chosen = result.candidates[:args.n]
+    samples = [Sample(c.crystal, c.log_p) for c in chosen]
+    extra = [{"rank": i, "probability": c.probability, "assignment": {str(k): v for k, v in c.assignment.items()}}
+             for i, c in enumerate(chosen)]
+    counts = write_samples(samples, args.out, overwrite=args.overwrite, names=[f"rank_{i:03d}" for i in
+                                                                               range(len(samples))], extra=extra,
+                           meta={"command": "infill", "template": str(args.template), "method": result.method,
+                                 "wall_s": round(wall, 2)})
+    print(f"{counts['written']} CIFs in {args.out} ({wall:.1f} s)")
+    return 0
+
+
+# ---------------------------------------------------------------------- parsers
+def _common(p, n_default: int) -> None:
+    p.add_argument("--model", type=Path, help="model directory (default: the model shipped with the package)")
+    p.add_argument("--n", type=int, default=n_default, help=f"number of crystals (default {n_default})")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (CIFs + samples.json)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _decoding(p) -> None:
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of discrete choices")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--no-smc", action="store_true",
+                   help="plain masking (greedy truncation) instead of importance weights + resampling")
+    p.add_argument("--space-group", type=int, action="append", metavar="N",
+                   help="allowed space group number (repeatable)")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("sample", help="generate crystals", description="Sample crystals from the model, optionally "
+                       "in given space groups and with an element allow-list.")
+    _common(p, 16)
+    _decoding(p)
+    p.add_argument("--elements", help="comma-separated elements every site must use, e.g. Li,Mn,O")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("csp", help="crystal structure prediction from a composition",
+                       description="Predict structures of a composition (--composition SrTiO3) or of every row "
+                                   "of a CDVAE CSV (--targets; the primitive cell of each row's structure).")
+    _common(p, 20)
+    _decoding(p)
+    p.add_argument("--composition", help="formula, e.g. SrTiO3 or Li2MnO3")
+    p.add_argument("--targets", type=Path, metavar="CSV", help="CDVAE-format CSV: one target per row")
+    p.add_argument("--cell", choices=("reduced", "primitive", "conventional"), default="reduced",
+                   help="what the --composition counts mean (default: reduced formula, any formula units)")
+    p.add_argument("--formula-units", help="allowed formula units per conventional cell, e.g. 1,2,4")
+    p.add_argument("--max-atoms", type=int, default=80, help="most atoms per conventional cell (reduced formulas)")
+    p.add_argument("--particles", type=int, help="SMC particles per composition (default max(2n, 64))")
+    p.set_defaults(func=cmd_csp)
+
+    p = sub.add_parser("infill", help="substitute elements in a template crystal",
+                       description="Sample the elements of chosen sites of a template from p(A_i | rest).")
+    _common(p, 10)
+    p.add_argument("--template", type=Path, required=True, help="CIF file of the template crystal")
+    p.add_argument("--sites", help="comma-separated site indices to replace (see the template's site list)")
+    p.add_argument("--element", help="replace every site holding this element")
+    p.add_argument("--allow", help="comma-separated candidate elements (default: all)")
+    p.add_argument("--tie", action="append", metavar="I=J", help="site I takes the same element as site J")
+    p.set_defaults(func=cmd_infill)

@@ -1,0 +1,177 @@
+"""Constraints on sampled crystals, as boolean masks over the vocabulary, and composition targets.
+
+A :class:`Constraint` restricts the space group (a set), the elements of every site (a global
+allow-list) and of particular sites (per-site allow-lists, by site order). A composition
+target becomes a list of :class:`Branch` es: each a composition prompt in conventional-cell
+counts plus the space groups that can realize exactly those counts within ``n_max``
+(DESIGN section 6: a primitive-cell composition is multiplied by the centring factor of the
+candidate space group; a reduced formula means any number of formula units).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import reduce
+
+import numpy as np
+
+from ..grammar import Grammar, GrammarState, Phase, min_sites
+from ..symmetry import space_group
+from ..tokenizer import COMP, END_COMP, count_token
+
+CENTERING_FACTORS = (1, 2, 3, 4)  # P; A, B, C, I; R (hexagonal axes); F
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a sampled crystal must satisfy beyond the grammar; ``None`` means unrestricted."""
+
+    space_groups: frozenset[int] | None = None
+    elements: frozenset[str] | None = None
+    site_elements: tuple[tuple[int, frozenset[str]], ...] = ()
+    """(site index, allowed elements) pairs; site 0 is the first site in the stream."""
+
+    def __post_init__(self):
+        if self.space_groups is not None:
+            bad = sorted(n for n in self.space_groups if not 1 <= int(n) <= 230)
+            if bad or not self.space_groups:
+                raise ValueError(f"space groups must be a non-empty set of numbers 1..230, got {sorted(self.space_groups)}")
+
+
+@dataclass
+class ConstraintMasks:
+    """A :class:`Constraint` compiled against a grammar's vocabulary (shared by many particles)."""
+
+    sg: np.ndarray | None  # (V,) bool or None
+    elements: np.ndarray | None  # (V,) bool or None
+    sites: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def compile(cls, constraint: Constraint, grammar: Grammar) -> ConstraintMasks:
+        V = grammar.V
+        sg = None
+        if constraint.space_groups is not None:
+            sg = np.zeros(V, dtype=bool)
+            sg[grammar.sg_ids[[int(n) - 1 for n in constraint.space_groups]]] = True
+        elements = None if constraint.elements is None else _element_mask(constraint.elements, grammar)
+        sites = {int(i): _element_mask(els, grammar) for i, els in constraint.site_elements}
+        return cls(sg, elements, sites)
+
+    def apply(self, mask: np.ndarray, state: GrammarState) -> np.ndarray:
+        """``mask`` (V,) narrowed by the constraint in ``state`` (a new array when narrowed)."""
+        if state.phase in (Phase.SPACE_GROUP, Phase.AFTER_BOS) and self.sg is not None:
+            return mask & self.sg
+        if state.phase == Phase.ELEMENT:
+            site = self.sites.get(state.n_sites)
+            if site is not None:
+                mask = mask & site
+            if self.elements is not None:
+                mask = mask & self.elements
+        return mask
+
+
+def _element_mask(symbols, grammar: Grammar) -> np.ndarray:
+    vocab = grammar.tokenizer.vocab
+    known = {vocab[i] for i in grammar.element_ids}
+    unknown = sorted(set(symbols) - known)
+    if unknown:
+        raise ValueError(f"unknown element(s) {unknown}; the model knows H..Lr")
+    if not symbols:
+        raise ValueError("an element allow-list is empty")
+    mask = np.zeros(grammar.V, dtype=bool)
+    mask[[grammar.tokenizer.id(s) for s in symbols]] = True
+    return mask
+
+
+# ---------------------------------------------------------------------- compositions
+def parse_composition(composition) -> dict[str, int]:
+    """Element -> integer count from "SrTiO3", "Li2 Mn1 O3", a dict, or a pymatgen Composition."""
+    from pymatgen.core import Composition
+
+    if isinstance(composition, dict):
+        items = dict(composition)
+    else:
+        try:
+            items = {getattr(el, "symbol", str(el)): amt for el, amt in Composition(composition).items()}
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"cannot read composition {composition!r}: {err}") from None
+    out = {}
+    for el, amt in items.items():
+        n = float(amt)
+        if n <= 0 or abs(n - round(n)) > 1e-6:
+            raise ValueError(f"composition {composition!r}: {el} count {amt} is not a positive integer")
+        out[str(el)] = int(round(n))
+    if not out:
+        raise ValueError(f"composition {composition!r} is empty")
+    return out
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One composition prompt (conventional-cell counts, elements by atomic number) and its space groups."""
+
+    counts: tuple[tuple[str, int], ...]
+    space_groups: frozenset[int]
+    formula_units: int = 1
+
+    @property
+    def formula(self) -> str:
+        return "".join(f"{el}{n}" for el, n in self.counts)
+
+    def prompt_ids(self, grammar: Grammar) -> list[int]:
+        tok = grammar.tokenizer
+        ids = [grammar.bos, tok.id(COMP)]
+        for el, n in self.counts:
+            ids += [tok.id(el), tok.id(count_token(n))]
+        return ids + [tok.id(END_COMP)]
+
+
+def composition_branches(composition, grammar: Grammar, cell: str = "reduced", formula_units=None,
+                         max_atoms: int = 80, space_groups=None) -> list[Branch]:
+    """The prompts (and their feasible space groups) that realize ``composition``.
+
+    ``cell``: "reduced" (any number of formula units Z: conventional counts Z * reduced
+    formula, Z from ``formula_units`` or every Z with at most ``max_atoms`` atoms),
+    "primitive" (the counts of a primitive cell: conventional counts = counts * centring factor
+    of the space group), or "conventional" (exactly these counts in the conventional cell).
+    Raises ValueError naming the composition when no space group can realize it within n_max.
+    """
+    from ..crystal import _atomic_number
+
+    counts = parse_composition(composition)
+    known = {grammar.tokenizer.vocab[i] for i in grammar.element_ids}
+    unknown = sorted(set(counts) - known)
+    if unknown:
+        raise ValueError(f"composition {composition!r}: unknown element(s) {unknown}")
+    order = sorted(counts, key=_atomic_number)
+    base = [counts[el] for el in order]
+    allowed_sgs = set(range(1, 231)) if space_groups is None else {int(n) for n in space_groups}
+    if cell == "reduced":
+        g = reduce(math.gcd, base)
+        base = [c // g for c in base]
+        zs = list(formula_units) if formula_units else \
+            list(range(1, max(1, max_atoms // sum(base)) + 1))
+        multiples = [(z, z, None) for z in zs]
+    elif cell == "primitive":
+        multiples = [(f, 1, f) for f in CENTERING_FACTORS]
+    elif cell == "conventional":
+        multiples = [(1, 1, None)]
+    else:
+        raise ValueError(f"cell must be 'reduced', 'primitive' or 'conventional', got {cell!r}")
+    branches = []
+    for factor, z, centering in multiples:
+        conv = tuple(c * factor for c in base)
+        if max(conv) > grammar.tokenizer.max_count:
+            continue
+        sgs = frozenset(n for n in allowed_sgs
+                        if (centering is None or space_group(n).centering_factor == centering)
+                        and min_sites(n, 0, tuple(sorted(conv))) <= grammar.n_max)
+        if sgs:
+            branches.append(Branch(tuple(zip(order, conv)), sgs, z))
+    if not branches:
+        where = "" if space_groups is None else f" in space group(s) {sorted(allowed_sgs)}"
+        raise ValueError(f"composition {composition!r} ({cell} cell) cannot be realized by any space group and "
+                         f"Wyckoff combination{where} within n_max={grammar.n_max} sites"
+                         + (f" and {max_atoms} atoms" if cell == "reduced" and not formula_units else ""))
+    return branches

@@ -1,0 +1,107 @@
+"""Writing samples: one CIF per crystal plus ``samples.json``, all or nothing.
+
+The folder is assembled under a temporary sibling and renamed into place at the end, so an
+interrupted run leaves either the previous folder or the complete new one, never a mix. An
+existing non-empty folder is replaced only with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+MIN_DISTANCE = 0.5  # Å, the CDVAE structural-validity cut-off
+MIN_VOLUME = 0.1  # Å^3
+
+
+def check_output_dir(out, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty; pass --overwrite (overwrite=True) to replace it")
+    return out
+
+
+def structure_checks(crystal) -> tuple[object | None, dict]:
+    """(pymatgen Structure or None, flags): built, structurally valid (distances >= 0.5 Å, volume >= 0.1 Å^3)."""
+    flags = {"built": False, "valid_structure": False, "min_distance": None}
+    if crystal is None:
+        return None, flags
+    try:
+        structure = crystal.to_structure()
+    except (ValueError, ArithmeticError) as err:
+        flags["error"] = f"structure: {err}"
+        return None, flags
+    flags["built"] = True
+    if len(structure) > 1:
+        d = structure.distance_matrix
+        dmin = float(np.min(d[np.triu_indices(len(structure), 1)]))
+    else:  # one atom: its nearest neighbour is its own image at the shortest lattice vector
+        dmin = float(min(structure.lattice.abc))
+    flags["min_distance"] = round(dmin, 4)
+    flags["valid_structure"] = bool(dmin >= MIN_DISTANCE and structure.volume >= MIN_VOLUME)
+    return structure, flags
+
+
+def _cif_text(structure) -> str:
+    from pymatgen.io.cif import CifWriter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:  # symmetrized CIF where spglib agrees; plain P1 otherwise
+            return str(CifWriter(structure, symprec=0.01))
+        except (ValueError, TypeError, RuntimeError):
+            return str(CifWriter(structure))
+
+
+def write_samples(samples, out, overwrite: bool = False, names: list[str] | None = None,
+                  extra: list[dict] | None = None, meta: dict | None = None) -> dict:
+    """Write ``samples`` (:class:`~crystalformer.sampling.api.Sample`) into folder ``out``.
+
+    ``names``: file stems (default ``sample_00000`` ...); ``extra``: per-sample fields added to
+    ``samples.json`` (e.g. material_id and rank for CSP). Samples without a crystal are listed
+    with their error and get no CIF. Returns counts by outcome.
+    """
+    out = check_output_dir(out, overwrite)
+    names = names or [f"sample_{i:05d}" for i in range(len(samples))]
+    if len(names) != len(samples) or len(set(names)) != len(names):
+        raise ValueError("names must be unique, one per sample")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    rows, counts = [], {"written": 0, "not_decoded": 0, "not_built": 0, "invalid_structure": 0}
+    for i, (s, name) in enumerate(zip(samples, names)):
+        structure, flags = structure_checks(s.crystal)
+        row = {"index": i, "file": None, **s.summary(), **flags, **((extra or [{}] * len(samples))[i])}
+        if s.crystal is None:
+            counts["not_decoded"] += 1
+        elif structure is None:
+            counts["not_built"] += 1
+        else:
+            (tmp / f"{name}.cif").write_text(_cif_text(structure), encoding="utf-8")
+            row["file"] = f"{name}.cif"
+            counts["written"] += 1
+            counts["invalid_structure"] += int(not flags["valid_structure"])
+        rows.append(row)
+    payload = {"meta": meta or {}, "counts": counts, "samples": rows}
+    (tmp / "samples.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return counts
+
+
+def read_samples(path) -> list[dict]:
+    """The per-sample rows of a ``samples.json`` (or of the one inside a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "samples.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data["samples"] if isinstance(data, dict) else data
