@@ -87,7 +87,7 @@ def random_walk(grammar, tok, rng, prefix=(), choose_sg=None, max_len=400):
     state = run(grammar, ids)
     while state.phase != Phase.DONE:
         assert len(ids) < max_len, "walk did not terminate"
-        mask = grammar.allowed(state)
+        mask = grammar.allowed(state).copy()  # the grammar's cached masks are read-only
         assert mask.any(), f"dead end after {tok.to_words(ids)}"
         if state.phase == Phase.AFTER_BOS:
             mask[grammar.comp] = False

@@ -179,6 +179,25 @@ class CrystalFormer(nn.Module):
                        {k: torch.cat([p.by_slot[k] for p in parts]) for k in SCORED_SLOTS},
                        torch.cat([p.num_tokens for p in parts]))
 
+    # ------------------------------------------------------------------ sampling (crystalformer.sampling)
+    def sample(self, n: int, **kwargs):
+        """``n`` crystals from p(X); see :func:`crystalformer.sampling.sample` for the options."""
+        from ..sampling import sample
+
+        return sample(self, n, **kwargs)
+
+    def predict_structure(self, composition, n: int = 20, **kwargs):
+        """Crystal structure prediction; see :func:`crystalformer.sampling.predict_structure`."""
+        from ..sampling import predict_structure
+
+        return predict_structure(self, composition, n, **kwargs)
+
+    def infill(self, template, sites, **kwargs):
+        """Element substitution in a template; see :func:`crystalformer.sampling.infill.infill`."""
+        from ..sampling.infill import infill
+
+        return infill(self, template, sites, **kwargs)
+
     # ------------------------------------------------------------------ files
     def save(self, path, metadata: dict | None = None) -> None:
         """Write a model directory: config.json, model.safetensors, tokenizer.json, metadata.json."""

@@ -100,7 +100,8 @@ def sample(model, n: int, space_groups=None, elements=None, site_elements=None, 
         decoded = decode(model, [[model.grammar.bos]] * (oversample * size), [masks] * (oversample * size), options,
                          generator)
         keep = _select(decoded.log_weight, size, generator) if smc else np.arange(size)
-        samples += [_to_samples(model, decoded)[i] for i in keep]
+        decoded_samples = _to_samples(model, decoded)
+        samples += [decoded_samples[i] for i in keep]
         evidence.append(decoded.log_evidence)
         resamples += decoded.resamples
     return SampleSet(samples, float(np.mean(evidence)) if evidence else None, resamples)
