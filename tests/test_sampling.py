@@ -52,6 +52,14 @@ def test_unconditional_samples_are_legal_and_seeded(model):
     assert [s.ids for s in a.samples] != [s.ids for s in c.samples]
 
 
+def test_decoding_without_kv_cache_gives_the_same_samples(model):
+    a = sample(model, 10, seed=7, space_groups=[12, 62], elements=["O", "Fe"])
+    b = sample(model, 10, seed=7, space_groups=[12, 62], elements=["O", "Fe"], kv_cache=False)
+    assert [s.ids for s in a.samples] == [s.ids for s in b.samples]
+    assert np.allclose(np.concatenate([s.values for s in a.samples]), np.concatenate([s.values for s in b.samples]),
+                       atol=1e-4)
+
+
 def test_reported_log_likelihood_equals_model_log_prob(model):
     result = sample(model, 12, seed=5)
     lp = model.log_prob([s.crystal for s in result.samples])

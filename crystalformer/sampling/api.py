@@ -74,7 +74,7 @@ def _to_samples(model, decoded, prompts=None) -> list[Sample]:
 
 def sample(model, n: int, space_groups=None, elements=None, site_elements=None, temperature: float = 1.0,
            top_p: float = 1.0, batch_size: int = 256, seed: int = 0, smc: bool = True,
-           progress: bool = False) -> SampleSet:
+           progress: bool = False, kv_cache: bool = True) -> SampleSet:
     """Draw ``n`` crystals from the model (optionally in ``space_groups``, with element allow-lists).
 
     ``elements``: symbols every site must use; ``site_elements``: {site index: symbols}.
@@ -89,7 +89,7 @@ def sample(model, n: int, space_groups=None, elements=None, site_elements=None, 
         elements=None if elements is None else frozenset(elements),
         site_elements=tuple((int(i), frozenset(els)) for i, els in (site_elements or {}).items()))
     masks = ConstraintMasks.compile(constraint, model.grammar)
-    options = DecodeOptions(temperature=temperature, top_p=top_p, smc=smc)
+    options = DecodeOptions(temperature=temperature, top_p=top_p, smc=smc, kv_cache=kv_cache)
     constrained = space_groups is not None or elements is not None or bool(site_elements)
     # with constraints, decode twice as many particles and draw the batch from their weights
     oversample = 2 if constrained and smc else 1

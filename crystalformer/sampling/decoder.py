@@ -38,6 +38,8 @@ class DecodeOptions:
     smc: bool = True
     """Carry importance weights for the mass constraint masks remove and resample (exact conditioning)."""
     ess_threshold: float = 0.5
+    kv_cache: bool = True
+    """Incremental decoding; False recomputes the whole prefix at every step (for benchmarks and checks)."""
 
     def __post_init__(self):
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or not 0 <= self.ess_threshold <= 1:
@@ -86,17 +88,15 @@ def decode(model, prefixes: list[list[int]], masks: list[ConstraintMasks], optio
     prefix = torch.tensor(prefixes, dtype=torch.long, device=device)  # (N, P)
     slots = torch.tensor([[_prefix_slot(tok, grammar, p, i) for i in range(len(p))] for p in prefixes],
                          dtype=torch.long, device=device)  # (N, P)
-    cache = KVCache.empty(model.config, N, device=device)
-    h, sgs = model.hidden(prefix, torch.zeros(prefix.shape, device=device), slots, cache=cache,
-                          sg_prev=torch.zeros(N, dtype=torch.long, device=device))
-    h_last, sg = h[:, -1], sgs[:, -1]  # (N, C), (N,)
+    forward = _Forward(model, N, options.kv_cache)
+    h_last = forward(prefix, torch.zeros(prefix.shape, device=device), slots)  # (N, C)
     log_lik = np.zeros(N)
     log_w = np.zeros(N)
     log_evidence, resamples = 0.0, 0
     ancestors = np.arange(N)
     masks = list(masks)
     while not all(s.phase == Phase.DONE for s in states):
-        if cache.length >= model.config.max_len:
+        if forward.length >= model.config.max_len:
             raise RuntimeError(f"decoding reached max_len={model.config.max_len} before [EOS]")
         tokens, vals, step_ll, step_lw = _step(model, fitting, h_last, states, masks, options, generator)
         log_lik += step_ll
@@ -108,9 +108,7 @@ def decode(model, prefixes: list[list[int]], masks: list[ConstraintMasks], optio
             states[i] = fitting.step(states[i], int(tokens[i]))
         t = torch.as_tensor(tokens, device=device)[:, None]  # (N, 1)
         v = torch.as_tensor(vals, dtype=torch.float32, device=device)[:, None]  # (N, 1)
-        s = model.tables.slot[t]  # (N, 1)
-        h, sgs = model.hidden(t, v, s, cache=cache, sg_prev=sg)
-        h_last, sg = h[:, -1], sgs[:, -1]
+        h_last = forward(t, v, model.tables.slot[t])
         if options.smc and _ess(log_w) < options.ess_threshold * N and np.isfinite(log_w).any():
             idx = systematic_resample(log_w, N, generator)
             log_evidence += _log_mean_exp(log_w)
@@ -120,13 +118,48 @@ def decode(model, prefixes: list[list[int]], masks: list[ConstraintMasks], optio
             ids, values = [list(ids[i]) for i in idx], [list(values[i]) for i in idx]
             log_lik, ancestors = log_lik[idx], ancestors[idx]
             sel = torch.as_tensor(idx, device=device)
-            cache, h_last, sg = cache.select(sel), h_last[sel], sg[sel]
+            forward.select(sel)
+            h_last = h_last[sel]
     if not np.isfinite(log_w).any():
         raise ValueError("no particle satisfies the constraints (every one reached a dead end): the allow-lists "
                          "and the composition / space groups exclude each other")
     if options.smc:
         log_evidence += _log_mean_exp(log_w)
     return Decoded(ids, values, log_lik, log_w, log_evidence, resamples, ancestors)
+
+
+class _Forward:
+    """Hidden state after the newest position: incremental with the KV cache, or the whole stream recomputed.
+
+    On a GPU the network runs under bf16 autocast, as in training; the heads work in float32.
+    """
+
+    def __init__(self, model, batch: int, kv_cache: bool):
+        self.model = model
+        self.cache = KVCache.empty(model.config, batch, device=model.device) if kv_cache else None
+        self.sg = torch.zeros(batch, dtype=torch.long, device=model.device)  # (N,)
+        self.seen: list[torch.Tensor] | None = None if kv_cache else []  # ids, values, slots so far
+        self.length = 0
+
+    def __call__(self, ids: torch.Tensor, values: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        cuda = self.model.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            if self.cache is not None:
+                h, sgs = self.model.hidden(ids, values, slots, cache=self.cache, sg_prev=self.sg)  # (N, T, C)
+                self.sg = sgs[:, -1]
+            else:
+                new = (ids, values, slots)
+                self.seen = list(new) if not self.seen else [torch.cat([a, b], 1) for a, b in zip(self.seen, new)]
+                h, _ = self.model.hidden(*self.seen)  # (N, t, C)
+        self.length += ids.shape[1]
+        return h[:, -1].float()  # (N, C)
+
+    def select(self, index: torch.Tensor) -> None:
+        if self.cache is not None:
+            self.cache = self.cache.select(index)
+            self.sg = self.sg[index]
+        else:
+            self.seen = [x[index] for x in self.seen]
 
 
 def fitting_grammar(model, prefix_len: int):
