@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     from crystalformer.evaluation.csp import csp_matcher
     from crystalformer.evaluation.loading import load_entries
     from crystalformer.evaluation.symmetry_stats import space_group_number
-    from crystalformer.evaluation.uniqueness import _matcher
+    from crystalformer.evaluation.uniqueness import default_matcher
     from crystalformer.evaluation.validity import smact_validity, structure_validity
 
     entries = load_entries(args.csv)[:args.n]
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         warnings.simplefilter("ignore")
         structs = [Structure.from_str(e.cif, fmt="cif") for e in entries]
         perturbed = [s.copy().perturb(0.05) for s in structs]
-    sm, csp = _matcher(), csp_matcher()
+    sm, csp = default_matcher(), csp_matcher()
     pairs = list(zip(structs, perturbed))
     rows = {
         "parse CIF": _timed(lambda e: Structure.from_str(e.cif, fmt="cif"), entries, args.repeats),

@@ -218,3 +218,22 @@ def test_energy_needs_the_extra():
             relax([nacl()])
     else:
         pytest.skip("chgnet installed: the CHGNet path is exercised by the slow test")
+
+
+def test_fast_matching_agrees_with_plain_structure_matcher():
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    structs = [s for _, s in fixture_structures("carbon24_sample.csv", 6)]
+    samples = structs[:3] + [disguised(structs[3], 7), disguised(structs[4], 8, 0.3)]
+    plain = StructureMatcher()
+    expected = [not any(plain.fit(s, r) for r in structs[3:]) for s in samples]
+    assert [novelty([s], structs[3:]) == 1.0 for s in samples] == expected
+    assert expected[3] is False  # the disguised copy is found
+    labels = [[plain.fit(a, b) for b in samples] for a in samples]
+    from crystalformer.evaluation.uniqueness import unique_classes
+
+    classes = unique_classes(samples)
+    for i in range(len(samples)):
+        for j in range(len(samples)):
+            if classes[i] == classes[j]:
+                assert labels[i][j]

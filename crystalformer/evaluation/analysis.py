@@ -28,6 +28,7 @@ class Options:
     space_group: bool = True
     symprec: float = 0.1
     keep_structure: bool = True  # return the pymatgen Structure (needed for matching)
+    reduce: bool = False  # also the Niggli + primitive cell StructureMatcher compares (uniqueness / novelty)
 
 
 def analyze(job: tuple[Entry, Options]) -> dict:
@@ -36,6 +37,7 @@ def analyze(job: tuple[Entry, Options]) -> dict:
     out = {"name": entry.name, "material_id": entry.material_id, "rank": entry.rank, "parsed": False,
            "struct_valid": False, "comp_valid": False, "valid": False, "density": None, "n_elements": None,
            "n_atoms": None, "space_group": None, "struct_fp": None, "comp_fp": None, "structure": None,
+           "reduced": None,
            "failures": {}}
     if entry.cif is None:
         out["failures"]["missing"] = entry.error or "no structure"
@@ -58,6 +60,8 @@ def analyze(job: tuple[Entry, Options]) -> dict:
             out.update(struct_fp=None, comp_fp=None, valid=False)
     if opt.keep_structure:
         out["structure"] = structure
+    if opt.reduce:
+        _step(out, "reduce", lambda: out.update(reduced=_reduce(structure)))
     return out
 
 
@@ -101,6 +105,12 @@ def _sg(s, symprec: float) -> int:
     from .symmetry_stats import space_group_number
 
     return space_group_number(s, symprec=symprec)
+
+
+def _reduce(s):
+    from .uniqueness import reduce_for_matching
+
+    return reduce_for_matching(s)
 
 
 def _sfp(s):

@@ -67,7 +67,7 @@ def evaluate_generation(samples, reference, dataset: str | None = None, cutoffs:
         raise ValueError(f"no samples in {samples}")
     if not r_entries:
         raise ValueError(f"no reference structures in {reference}")
-    opt = Options(fingerprints=coverage, symprec=symprec)
+    opt = Options(fingerprints=coverage, symprec=symprec, reduce=novelty)
     res = analyze_all(s_entries, opt, workers, progress, "samples")
     ref = analyze_all(r_entries, opt, workers, progress, "reference")
     valid = [r for r in res if r["valid"]]
@@ -107,24 +107,24 @@ def evaluate_generation(samples, reference, dataset: str | None = None, cutoffs:
 
 
 def _novel_job(job) -> bool:
-    from .uniqueness import is_novel
+    from .uniqueness import is_novel_reduced
 
-    structure, candidates = job
-    return is_novel(structure, {structure.composition.reduced_formula: candidates})
+    return is_novel_reduced(*job)
 
 
 def _uniqueness_novelty(valid: list[dict], ref: list[dict], workers: int, progress: bool) -> dict:
     """Uniqueness of the valid samples; novelty of the valid samples against the parsed reference."""
     from .parallel import pmap
-    from .uniqueness import reference_index, uniqueness
+    from .uniqueness import match_key, reference_index, uniqueness
 
-    structs = [r["structure"] for r in valid]
-    if not structs:
+    pairs = [(r["structure"], r["reduced"]) for r in valid if r["reduced"] is not None]
+    if not pairs:
         return {"uniqueness": None, "novelty": None, "n_unique_novel_samples": 0}
-    index = reference_index([r["structure"] for r in ref])
-    novel = pmap(_novel_job, [(s, index.get(s.composition.reduced_formula, [])) for s in structs],
-                 workers=workers, desc="novelty", progress=progress)
-    return {"uniqueness": uniqueness(structs), "novelty": sum(novel) / len(structs),
+    structs, reduced = [p[0] for p in pairs], [p[1] for p in pairs]
+    index = reference_index([r["reduced"] for r in ref if r["reduced"] is not None])
+    novel = pmap(_novel_job, [(x, index.get(match_key(x), [])) for x in reduced],
+                 workers=workers, chunksize=1, desc="novelty", progress=progress)
+    return {"uniqueness": uniqueness(structs, reduced), "novelty": sum(novel) / len(structs),
             "n_unique_novel_samples": len(structs)}
 
 
