@@ -43,15 +43,14 @@ class TrainResult:
 class ExportBest(L.Callback):
     """Exports the model as a model directory whenever the validation NLL improves (or at the end without one)."""
 
-    def __init__(self, out: Path, metadata: dict):
-        self.out, self.metadata = Path(out), metadata
+    def __init__(self, out: Path, metadata: dict, clock: WallClock):
+        self.out, self.metadata, self.clock = Path(out), metadata, clock
         self.best: float | None = None
-        self.t0 = time.time()
 
     def _export(self, trainer: L.Trainer, module, metrics: dict) -> None:
         if trainer.is_global_zero:
             meta = {**self.metadata, "step": trainer.global_step, "epoch": trainer.current_epoch,
-                    "metrics": metrics, "train_wall_s": round(time.time() - self.t0, 1)}
+                    "metrics": metrics, "train_wall_s": round(self.clock.total, 1)}
             module.model.save(self.out, meta)
 
     def on_validation_end(self, trainer, module):
@@ -72,6 +71,23 @@ class ExportBest(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = state_dict.get("best")
+
+
+class WallClock(L.Callback):
+    """Training wall time summed over every start and resume of a run (stored in the checkpoints)."""
+
+    def __init__(self):
+        self.before, self.t0 = 0.0, time.time()
+
+    @property
+    def total(self) -> float:
+        return self.before + time.time() - self.t0
+
+    def state_dict(self) -> dict:
+        return {"elapsed": self.total}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.before, self.t0 = float(state_dict.get("elapsed", 0.0)), time.time()
 
 
 def _precision(requested: str) -> str:
@@ -145,7 +161,8 @@ def train(data, out, model_config: ModelConfig | None = None, train_config: Trai
     metadata = {"data": data, "val": val or f"{val_fraction:.0%} of the training crystals held out",
                 "num_train": len(dm.train_set), "num_val": 0 if dm.val_set is None else len(dm.val_set),
                 "train_config": config_to_dict(train_config), "hardware": _hardware()}
-    export = ExportBest(out / "model", metadata)
+    clock = WallClock()
+    export = ExportBest(out / "model", metadata, clock)
     checkpoints = [ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_last=False,
                                    every_n_epochs=1, save_top_k=1, enable_version_counter=False),
                    ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_top_k=1,
@@ -155,7 +172,7 @@ def train(data, out, model_config: ModelConfig | None = None, train_config: Trai
         accelerator=train_config.accelerator, devices=train_config.devices, strategy=train_config.strategy,
         precision=_precision(train_config.precision), gradient_clip_val=train_config.grad_clip or None,
         check_val_every_n_epoch=train_config.val_every_epochs, log_every_n_steps=train_config.log_every_steps,
-        logger=CSVLogger(save_dir=str(out), name="logs"), callbacks=[*checkpoints, export],
+        logger=CSVLogger(save_dir=str(out), name="logs"), callbacks=[*checkpoints, clock, export],
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=str(out))
     t0 = time.time()
@@ -165,7 +182,7 @@ def train(data, out, model_config: ModelConfig | None = None, train_config: Trai
                          module.model.num_parameters())
     if trainer.is_global_zero:
         summary = {"best_val_nll": export.best, "steps": result.steps, "epochs": result.epochs,
-                   "wall_s": round(wall, 1), "num_parameters": result.num_parameters, **metadata}
+                   "wall_s": round(wall, 1), "total_wall_s": round(clock.total, 1), "num_parameters": result.num_parameters, **metadata}
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return result
 

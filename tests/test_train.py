@@ -81,6 +81,7 @@ def test_train_writes_run_and_model_and_resume_continues(data_dir, tmp_path):
     assert resumed.steps == 3 * 2  # continued from step 4, not from 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 6
+    assert summary["total_wall_s"] > summary["wall_s"]  # both starts counted
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(data_dir, tmp_path, monkeypatch):
