@@ -1,0 +1,13 @@
+"""Wrapped-normal score refinement of atomic positions (DESIGN.md section 7).
+
+Public entry points (imported lazily by callers; nothing heavy happens at import):
+
+- :func:`crystalformer.refine.api.refine_crystals` -- refine a list of ``Crystal``;
+- :func:`crystalformer.refine.io.load_refiner` / ``save_refiner`` -- model directories;
+- :func:`crystalformer.refine.train.train_refiner` -- typed training function;
+- :func:`crystalformer.refine.cli.add_parsers` -- ``train-refiner`` and ``refine`` subcommands.
+"""
+
+from __future__ import annotations
+
+__all__ = ["api", "config", "io", "losses", "network", "samplers", "sde", "symmetry", "wrapped"]

@@ -1,0 +1,112 @@
+"""Typed configs of the refiner: network, SDE, training. Stored as ``config.json`` in every model dir."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class NetworkConfig:
+    hidden: int = 64  # width of atom / edge features
+    n_layers: int = 3  # message-passing layers
+    n_freq: int = 8  # Fourier frequencies k = 1..n_freq of fractional differences (per axis, sin and cos)
+    n_sigma_freq: int = 8  # Fourier features of log sigma
+    max_z: int = 100  # atomic numbers 1..max_z embedded
+
+    def __post_init__(self):
+        if min(self.hidden, self.n_layers, self.n_freq, self.n_sigma_freq) < 1:
+            raise ValueError(f"all network sizes must be >= 1: {self}")
+
+
+@dataclass
+class SDEConfig:
+    sigma_min: float = 0.005
+    sigma_max: float = 0.5
+
+    def __post_init__(self):
+        if not 0 < self.sigma_min < self.sigma_max <= 0.5:
+            raise ValueError(f"need 0 < sigma_min < sigma_max <= 0.5 (truncated image sum), got {self}")
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "dsm"  # "dsm" (denoising, default) or "ssm" (sliced score matching)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 200
+    max_epochs: int = 50
+    batch_size: int = 32
+    grad_clip: float = 1.0
+    max_atoms: int = 80  # crystals with more atoms in the conventional cell are skipped (pairs grow as N^2)
+    seed: int = 0
+    val_fraction: float = 0.05
+    num_workers: int = 0
+    max_time_minutes: float | None = None  # wall-clock stop (Lightning max_time)
+
+    def __post_init__(self):
+        if self.objective not in ("dsm", "ssm"):
+            raise ValueError(f"objective must be 'dsm' or 'ssm', got {self.objective!r}")
+        if self.lr <= 0 or self.batch_size < 1 or self.max_epochs < 1:
+            raise ValueError(f"lr > 0, batch_size >= 1, max_epochs >= 1 needed: {self}")
+
+
+@dataclass
+class RefinerConfig:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    sde: SDEConfig = field(default_factory=SDEConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RefinerConfig:
+        parts = {}
+        for f, typ in (("network", NetworkConfig), ("sde", SDEConfig), ("train", TrainConfig)):
+            sub = dict(d.get(f, {}))
+            known = {x.name for x in fields(typ)}
+            unknown = set(sub) - known
+            if unknown:
+                raise ValueError(f"unknown {f} config fields {sorted(unknown)}; known: {sorted(known)}")
+            parts[f] = typ(**sub)
+        return cls(**parts)
+
+    @classmethod
+    def from_name(cls, name: str) -> RefinerConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown refiner preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls.from_dict(PRESETS[name])
+
+    def override(self, **values) -> RefinerConfig:
+        """A copy with flat overrides (``lr=3e-4``, ``hidden=32``) applied to whichever section owns the field."""
+        d = self.to_dict()
+        for key, value in values.items():
+            owners = [s for s in d if key in d[s]]
+            if not owners:
+                raise ValueError(f"unknown config field {key!r}")
+            current = d[owners[0]][key]
+            if isinstance(value, str) and not isinstance(current, str):
+                value = _parse(value, current, key)
+            d[owners[0]][key] = value
+        return RefinerConfig.from_dict(d)
+
+
+def _parse(text: str, current, key: str):
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        if isinstance(current, bool):
+            return text.lower() in ("1", "true", "yes")
+        if isinstance(current, int):
+            return int(text)
+        return float(text)
+    except ValueError:
+        raise ValueError(f"config field {key}: cannot read {text!r} as {type(current).__name__}") from None
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": {"network": {"hidden": 16, "n_layers": 1, "n_freq": 4, "n_sigma_freq": 4},
+             "train": {"max_epochs": 2, "batch_size": 8, "warmup_steps": 2}},
+    "small": {"network": {"hidden": 64, "n_layers": 3, "n_freq": 8},
+              "train": {"max_epochs": 30, "batch_size": 32, "warmup_steps": 200}},
+}
