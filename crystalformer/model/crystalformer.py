@@ -193,8 +193,8 @@ class CrystalFormer(nn.Module):
         return predict_structure(self, composition, n, **kwargs)
 
     def infill(self, template, sites, **kwargs):
-        """Element substitution in a template; see :func:`crystalformer.sampling.infill.infill`."""
-        from ..sampling.infill import infill
+        """Element substitution in a template; see :func:`crystalformer.sampling.substitution.infill`."""
+        from ..sampling.substitution import infill
 
         return infill(self, template, sites, **kwargs)
 

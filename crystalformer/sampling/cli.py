@@ -144,7 +144,7 @@ def _csp_targets(args, model) -> int:
 def cmd_infill(args: argparse.Namespace) -> int:
     from ..crystal import Crystal
     from ..io import to_structure
-    from .infill import infill
+    from .substitution import infill
     from .output import check_output_dir, write_samples
 
     if (args.sites is None) == (args.element is None):
