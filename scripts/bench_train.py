@@ -85,8 +85,11 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=Path("bench_train.json"))
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     dirs = as_prepared([args.data], default_cache_dir(), PrepareConfig(), progress=False)
     dataset = CrystalDataset(dirs, prompt_fraction=0.5, seed=0)
