@@ -1,0 +1,57 @@
+"""Refiner model directories: ``config.json``, ``model.safetensors``, ``metadata.json`` (no pickle)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .config import RefinerConfig
+from .model import Refiner
+
+FORMAT = "crystalformer-refiner/1"
+
+
+def save_refiner(refiner: Refiner, path, metadata: dict | None = None) -> Path:
+    """Write the directory atomically (temp dir + os.replace); an existing one is replaced."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    state = {k: v.detach().cpu().contiguous() for k, v in refiner.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+    (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **refiner.config.to_dict()}, indent=2))
+    (tmp / "metadata.json").write_text(json.dumps(metadata or {}, indent=2, default=str))
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        import shutil
+
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    return path
+
+
+def load_refiner(path, device="cpu") -> Refiner:
+    """Rebuild a refiner from its directory (safetensors weights only; never unpickles)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file() or not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{path} is not a refiner model directory (needs config.json and model.safetensors)")
+    raw = json.loads(cfg_file.read_text())
+    if raw.pop("format", None) != FORMAT:
+        raise ValueError(f"{cfg_file}: not a refiner config (expected format {FORMAT!r})")
+    refiner = Refiner(RefinerConfig.from_dict(raw))
+    refiner.load_state_dict(load_file(str(path / "model.safetensors")))
+    return refiner.to(device).eval()
+
+
+def read_metadata(path) -> dict:
+    f = Path(path) / "metadata.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
