@@ -1,0 +1,113 @@
+"""CLI subcommands ``train-refiner`` and ``refine`` (parse, check, delegate to typed functions).
+
+Wire into the main parser with ``add_parsers(sub)`` (``sub`` = the argparse subparsers object).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..cli import UsageError
+
+
+def cmd_train_refiner(args) -> int:
+    from .config import RefinerConfig
+    from .train import train_refiner
+
+    if not args.data and not args.resume:
+        raise UsageError("train-refiner needs --data PATH (or --resume to continue a run)")
+    if args.data and args.resume:
+        raise UsageError("--resume continues with the run's own data; leave out --data")
+    for path in [*(args.data or []), *(args.val or [])]:
+        if not path.exists():
+            raise UsageError(f"{path}: file or folder not found")
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set {item!r}: expected FIELD=VALUE")
+        overrides[key.strip()] = value.strip()
+    config = RefinerConfig.from_name(args.preset).override(**overrides)
+    if args.resume:  # the stored network/SDE config wins; overrides change training fields only
+        import json
+
+        run_file = args.out / "run.json"
+        if not run_file.is_file():
+            raise UsageError(f"--resume: {run_file} not found")
+        config = RefinerConfig.from_dict(json.loads(run_file.read_text())["config"]).override(**overrides)
+    result = train_refiner(args.data, args.out, config, val=args.val, resume=args.resume, overwrite=args.overwrite,
+                           cache_dir=args.cache_dir, progress=not args.quiet)
+    loss = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
+    print(f"trained {result.epochs} epochs ({result.steps} steps, {result.wall_seconds:.0f} s); "
+          f"best val DSM loss {loss}; refiner in {result.model_dir}")
+    return 0
+
+
+def cmd_refine(args) -> int:
+    from .api import refine_crystals
+    from .io import load_refiner
+    from .output import read_inputs, write_refined
+    from ..sampling.output import check_output_dir
+
+    if not (args.model / "config.json").is_file():
+        raise UsageError(f"--model {args.model}: not a refiner model directory (no config.json)")
+    if not args.input.exists():
+        raise UsageError(f"--input {args.input}: file or folder not found")
+    if args.n_steps < 1 or args.sigma_start <= 0:
+        raise UsageError(f"--n-steps must be >= 1 and --sigma-start > 0 (got {args.n_steps}, {args.sigma_start})")
+    check_output_dir(args.out, args.overwrite)  # refuse before the work, not after
+    refiner = load_refiner(args.model, args.device)
+    lo, hi = refiner.sde.sigma_min, refiner.sde.sigma_max
+    if not lo <= args.sigma_start <= hi:
+        raise UsageError(f"--sigma-start {args.sigma_start} outside the refiner's schedule [{lo}, {hi}]")
+    names, crystals, skipped = read_inputs(args.input)
+    if not crystals:
+        raise UsageError(f"--input {args.input}: no readable crystals ({len(skipped)} skipped)")
+    refined = refine_crystals(refiner, crystals, sigma_start=args.sigma_start, n_steps=args.n_steps,
+                              sampler=args.sampler, n_corrector=args.n_corrector, snr=args.snr,
+                              batch_size=args.batch_size, seed=args.seed, device=args.device)
+    meta = {"model": str(args.model), "input": str(args.input), "sampler": args.sampler,
+            "sigma_start": args.sigma_start, "n_steps": args.n_steps, "n_corrector": args.n_corrector,
+            "snr": args.snr, "seed": args.seed}
+    counts = write_refined(args.out, names, crystals, refined, args.overwrite, meta, skipped)
+    print(f"refined {counts['refined']} crystals ({counts['skipped']} skipped); structurally valid "
+          f"{counts['valid_before']} -> {counts['valid_after']}; written to {args.out}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("train-refiner", help="train a wrapped-normal score refiner of atomic positions",
+                       description="Denoising (or sliced) score matching on the Wyckoff free parameters of CSV / "
+                                   "CIF / prepared data. The best refiner by validation DSM loss is written to "
+                                   "OUT/model.")
+    p.add_argument("--data", action="append", type=Path, metavar="PATH", help="training data (repeatable)")
+    p.add_argument("--val", action="append", type=Path, metavar="PATH",
+                   help="validation data (repeatable); without it val_fraction of the training data is held out")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
+    p.add_argument("--preset", choices=("tiny", "small"), default="small", help="tiny: seconds, tests; small: CPU")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a config field, e.g. --set objective=ssm --set max_time_minutes=30 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start again in a non-empty RUN_DIR")
+    p.add_argument("--cache-dir", type=Path, help="where CSV/CIF inputs are prepared (default ~/.cache/crystalformer)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_refiner)
+
+    p = sub.add_parser("refine", help="refine atomic positions of crystals with a trained refiner",
+                       description="Noise each crystal's free Wyckoff parameters to --sigma-start and integrate "
+                                   "the reverse SDE (pc) or probability-flow ODE (ode) to sigma_min. Space group, "
+                                   "Wyckoff letters, elements and lattice are kept.")
+    p.add_argument("--model", type=Path, required=True, metavar="REFINER", help="refiner model directory")
+    p.add_argument("--input", type=Path, required=True, metavar="PATH",
+                   help="folder of CIF files, a CIF file, or a samples.json (or a folder holding one)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (CIFs + samples.json)")
+    p.add_argument("--sampler", choices=("pc", "ode"), default="pc", help="predictor-corrector or ODE (default pc)")
+    p.add_argument("--sigma-start", type=float, default=0.05, help="starting noise level (default 0.05)")
+    p.add_argument("--n-steps", type=int, default=50, help="sampler steps (default 50)")
+    p.add_argument("--n-corrector", type=int, default=1, help="Langevin corrector steps per step (pc; default 1)")
+    p.add_argument("--snr", type=float, default=0.1, help="corrector step size: eps = 2 (snr sigma)^2 (default 0.1)")
+    p.add_argument("--batch-size", type=int, default=64, help="crystals per batch (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(func=cmd_refine)

@@ -1,0 +1,90 @@
+"""Refinement input (a CIF folder / file or a ``samples.json``) and output (CIFs + ``samples.json``).
+
+The output folder is assembled under a temporary sibling and moved into place with
+``os.replace``: an interrupted run leaves the previous folder or the complete new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+from ..crystal import Crystal
+
+
+def read_inputs(path) -> tuple[list[str], list[Crystal], list[dict]]:
+    """(names, crystals, skipped rows with reasons) from a samples.json, a folder holding one, or CIFs."""
+    from ..errors import CrystalError
+    from ..io import read_cif_records, structure_from_cif
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"refine input {path}: file or folder not found")
+    sj = path if path.suffix == ".json" else path / "samples.json"
+    names, crystals, skipped = [], [], []
+    if sj.is_file():
+        data = json.loads(sj.read_text(encoding="utf-8"))
+        rows = data["samples"] if isinstance(data, dict) else data
+        for i, row in enumerate(rows):
+            name = Path(row.get("file") or f"sample_{i:05d}").stem
+            if not row.get("text"):
+                skipped.append({"name": name, "reason": row.get("error") or "no crystal text in samples.json"})
+                continue
+            names.append(name)
+            crystals.append(Crystal.from_text(row["text"]))
+        return names, crystals, skipped
+    for rec in read_cif_records(path):
+        name = rec.material_id or f"{Path(rec.source).stem}_{rec.row}"
+        try:
+            crystals.append(Crystal.from_structure(structure_from_cif(rec.cif, name)))
+            names.append(name)
+        except (CrystalError, ValueError) as err:
+            skipped.append({"name": name, "reason": str(err)})
+    if not crystals and not skipped:
+        raise ValueError(f"refine input {path}: no samples.json and no CIF files")
+    return names, crystals, skipped
+
+
+def write_refined(out, names: list[str], before: list[Crystal], after: list[Crystal], overwrite: bool = False,
+                  meta: dict | None = None, skipped: list[dict] | None = None) -> dict:
+    """One CIF per refined crystal and a samples.json (text forms, min distances before/after)."""
+    from pymatgen.io.cif import CifWriter
+
+    from ..sampling.output import check_output_dir, structure_checks
+
+    out = check_output_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    rows, counts = [], {"refined": 0, "valid_before": 0, "valid_after": 0, "skipped": len(skipped or [])}
+    used: set[str] = set()
+    for name, b, a in zip(names, before, after):
+        stem = name if name not in used else f"{name}_{len(used)}"
+        used.add(stem)
+        _, fb = structure_checks(b)
+        structure, fa = structure_checks(a)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            (tmp / f"{stem}.cif").write_text(str(CifWriter(structure)), encoding="utf-8")
+        counts["refined"] += 1
+        counts["valid_before"] += int(fb["valid_structure"])
+        counts["valid_after"] += int(fa["valid_structure"])
+        rows.append({"file": f"{stem}.cif", "space_group": a.space_group, "formula": a.formula,
+                     "num_atoms": a.num_atoms, "wyckoff": a.wyckoff_sequence, "text": a.to_text(),
+                     "text_before": b.to_text(), "min_distance_before": fb["min_distance"],
+                     "min_distance": fa["min_distance"], "valid_structure": fa["valid_structure"]})
+    payload = {"meta": meta or {}, "counts": counts, "samples": rows, "skipped": skipped or []}
+    (tmp / "samples.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return counts
