@@ -237,3 +237,11 @@ def test_fast_matching_agrees_with_plain_structure_matcher():
         for j in range(len(samples)):
             if classes[i] == classes[j]:
                 assert labels[i][j]
+
+
+def test_guess_dataset_from_reference_path():
+    from crystalformer.evaluation.runner import guess_dataset
+
+    assert guess_dataset("../shared/data/perov_5/train.csv") == "perov_5"
+    assert guess_dataset("data/mp20_sample.csv") == "mp_20"
+    assert guess_dataset("refs/train.csv") is None
