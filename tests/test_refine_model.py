@@ -34,6 +34,12 @@ def crystals() -> list[Crystal]:
 
 
 @pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One prepared-data cache for every training test of this module."""
+    return tmp_path_factory.mktemp("refine_cache")
+
+
+@pytest.fixture(scope="module")
 def tiny_refiner() -> Refiner:
     torch.manual_seed(0)
     return Refiner(RefinerConfig.from_name("tiny")).eval()
@@ -119,7 +125,7 @@ def test_dsm_and_ssm_learn_the_same_score():
     nets = {"dsm": make(), "ssm": make()}
     opts = {k: torch.optim.Adam(n.parameters(), lr=3e-3) for k, n in nets.items()}
     one = torch.ones(512, 1, dtype=torch.float64)
-    for _ in range(600):
+    for _ in range(400):
         x0 = wrapped.sample(torch.full((512, 1), 0.3, dtype=torch.float64), s0, g)
         z = wrapped.sample(x0, sigma, g)
         for name, net in nets.items():
@@ -171,14 +177,14 @@ def _parser():
     return parser
 
 
-def test_cli_end_to_end(tmp_path, crystals):
+def test_cli_end_to_end(tmp_path, crystals, cache):
     from crystalformer.cli import UsageError
 
     parser = _parser()
     run = tmp_path / "run"
     args = parser.parse_args(["train-refiner", "--data", str(DATA / "perov5_sample.csv"), "--out", str(run),
                               "--preset", "tiny", "--set", "max_epochs=1", "--quiet",
-                              "--cache-dir", str(tmp_path / "cache")])
+                              "--cache-dir", str(cache)])
     assert args.func(args) == 0
     assert (run / "model" / "model.safetensors").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     args = parser.parse_args(["train-refiner", "--out", str(run), "--resume", "--set", "max_epochs=2", "--quiet"])
@@ -204,3 +210,23 @@ def test_cli_end_to_end(tmp_path, crystals):
     with pytest.raises(UsageError, match="sigma-start"):
         a = parser.parse_args([*argv[:-4], "--out", str(tmp_path / "x"), "--sigma-start", "0.9"])
         a.func(a)
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, monkeypatch, cache):
+    from crystalformer.refine.lit import NonFiniteLossError
+    from crystalformer.refine.train import train_refiner
+
+    real = Refiner.loss
+    calls = {"n": 0}
+
+    def flaky(self, batch, generator=None, objective=None):
+        calls["n"] += 1
+        loss = real(self, batch, generator, objective)
+        return loss * float("nan") if calls["n"] > 3 and self.training else loss
+
+    monkeypatch.setattr(Refiner, "loss", flaky)
+    cfg = RefinerConfig.from_name("tiny").override(max_epochs=3)
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss"):
+        train_refiner([DATA / "perov5_sample.csv"], tmp_path / "run", cfg, progress=False,
+                      cache_dir=cache, checkpoint_every=1)
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
