@@ -14,6 +14,7 @@ import torch
 
 from ..crystal import Crystal
 from .model import Refiner
+from .network import pair_index
 from .samplers import ode_sample, pc_sample
 from .symmetry import collate, crystals_from_u
 
@@ -48,8 +49,6 @@ def refine_crystals(refiner: Refiner | str | Path, crystals: list[Crystal], sigm
         if not bool(batch.mask.any()):
             out.extend(chunk)
             continue
-        from .network import pair_index
-
         pairs = pair_index(batch.atom_batch)
         u = batch.noise(torch.full_like(batch.u[:, :1], sigma_start), gen) if noise else batch.u
 
