@@ -148,9 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crystalformer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from .evaluation.cli import add_parser as _add_evaluate
+    from .refine.cli import add_parsers as _add_refine
     from .sampling.cli import add_parsers as _add_sampling
 
-    for add in (_add_data, _add_train, _add_sampling, _add_evaluate):
+    for add in (_add_data, _add_train, _add_sampling, _add_refine, _add_evaluate):
         add(sub)
     return parser
 
@@ -164,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
         print(f"crystalformer: error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # a NaN loss stopped training; the last good checkpoint is kept
+        print(f"crystalformer: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("crystalformer: interrupted", file=sys.stderr)
         return 130
