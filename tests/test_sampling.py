@@ -198,3 +198,25 @@ def test_cli_sample_and_csp_write_folders_and_refuse_overwrite(model, tmp_path, 
                  "--out", str(tmp_path / "x")]) == 2
     assert "unknown element" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_sample_with_refiner_keeps_symmetry_and_elements(model, tmp_path):
+    from crystalformer.refine.config import RefinerConfig
+    from crystalformer.refine.io import save_refiner
+    from crystalformer.refine.model import Refiner
+
+    torch.manual_seed(0)
+    save_refiner(Refiner(RefinerConfig.from_name("tiny")).eval(), tmp_path / "r")
+    model.save(tmp_path / "m")
+    plain, refined = tmp_path / "plain", tmp_path / "refined"
+    args = ["sample", "--model", str(tmp_path / "m"), "--n", "6", "--seed", "3", "--quiet"]
+    assert main([*args, "--out", str(plain)]) == 0
+    assert main([*args, "--out", str(refined), "--refine", str(tmp_path / "r"), "--sigma-start", "0.1"]) == 0
+    a = json.loads((plain / "samples.json").read_text())
+    b = json.loads((refined / "samples.json").read_text())
+    assert b["meta"]["refiner"] == str(tmp_path / "r")
+    moved = 0
+    for x, y in zip(a["samples"], b["samples"]):
+        assert (x["space_group"], x["wyckoff"], x["formula"]) == (y["space_group"], y["wyckoff"], y["formula"])
+        moved += x["text"] != y["text"]
+    assert moved > 0  # coordinates with free parameters were refined

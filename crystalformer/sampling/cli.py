@@ -44,8 +44,28 @@ def _print_table(samples, limit: int = 12) -> None:
         print(f"... {len(samples) - limit} more in samples.json")
 
 
+def _refine(args, samples) -> list:
+    """With --refine REFINER: refined copies of the decoded samples (log-likelihoods stay the sampler's)."""
+    if args.refine is None:
+        return samples
+    from dataclasses import replace
+
+    from ..refine.api import refine_crystals
+
+    if not Path(args.refine).is_dir():
+        raise _usage(f"--refine {args.refine}: not a refiner model folder")
+    index = [i for i, s in enumerate(samples) if s.crystal is not None]
+    refined = refine_crystals(args.refine, [samples[i].crystal for i in index], sigma_start=args.sigma_start,
+                              seed=args.seed, device=args.device)
+    out = list(samples)
+    for i, crystal in zip(index, refined):
+        out[i] = replace(samples[i], crystal=crystal)
+    return out
+
+
 def _meta(args, command: str, wall: float, **extra) -> dict:
     return {"command": command, "model": str(args.model or "default"), "seed": args.seed,
+            "refiner": None if args.refine is None else str(args.refine),
             "temperature": args.temperature, "top_p": args.top_p, "wall_s": round(wall, 2), **extra}
 
 
@@ -59,6 +79,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     result = sample(model, args.n, space_groups=args.space_group, elements=_symbols(args.elements),
                     temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
                     smc=not args.no_smc, progress=not args.quiet)
+    result.samples = _refine(args, result.samples)
     wall = time.time() - t0
     counts = write_samples(result.samples, args.out, overwrite=args.overwrite,
                            meta=_meta(args, "sample", wall, space_groups=args.space_group, elements=args.elements))
@@ -93,6 +114,7 @@ def _csp_one(args, model) -> int:
 
     t0 = time.time()
     result = predict_structure(model, args.composition, cell=args.cell, seed=args.seed, **_csp_options(args))
+    result.samples = _refine(args, result.samples)
     wall = time.time() - t0
     names = [f"rank_{i:03d}" for i in range(len(result))]
     extra = [{"rank": i} for i in range(len(result))]
@@ -130,6 +152,7 @@ def _csp_targets(args, model) -> int:
             samples.append(s)
             names.append(f"{rec.material_id}_{rank}")
             extra.append({"material_id": rec.material_id, "rank": rank, "target_formula": formula})
+    samples = _refine(args, samples)
     wall = time.time() - t0
     counts = write_samples(samples, args.out, overwrite=args.overwrite, names=names, extra=extra,
                            meta=_meta(args, "csp --targets", wall, targets=str(args.targets), skipped=skipped,
@@ -169,12 +192,13 @@ def cmd_infill(args: argparse.Namespace) -> int:
     from .api import Sample
 
     chosen = result.candidates[:args.n]
-    samples = [Sample(c.crystal, c.log_p) for c in chosen]
+    samples = _refine(args, [Sample(c.crystal, c.log_p) for c in chosen])
     extra = [{"rank": i, "probability": c.probability, "assignment": {str(k): v for k, v in c.assignment.items()}}
              for i, c in enumerate(chosen)]
     counts = write_samples(samples, args.out, overwrite=args.overwrite, names=[f"rank_{i:03d}" for i in
                                                                                range(len(samples))], extra=extra,
                            meta={"command": "infill", "template": str(args.template), "method": result.method,
+                                 "refiner": None if args.refine is None else str(args.refine),
                                  "wall_s": round(wall, 2)})
     print(f"{counts['written']} CIFs in {args.out} ({wall:.1f} s)")
     return 0
@@ -189,6 +213,9 @@ def _common(p, n_default: int) -> None:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--refine", type=Path, metavar="REFINER",
+                   help="refine atomic positions with this refiner model folder (crystalformer train-refiner)")
+    p.add_argument("--sigma-start", type=float, default=0.05, help="noise level refinement starts from (default 0.05)")
 
 
 def _decoding(p) -> None:
