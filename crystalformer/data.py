@@ -30,7 +30,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import swap_into_place
 from .grammar import DEFAULT_N_MAX
 
 FORMAT_VERSION = 1
@@ -384,25 +384,10 @@ def write_prepared(out_dir: Path, kept: list[dict], skipped: list[dict], meta: d
         _write_jsonl(tmp / "skipped.jsonl", skipped)
         _tokenizer().save(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _swap_into_place(tmp, out_dir)
+        swap_into_place(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename ``tmp`` to ``out_dir``; a previous ``out_dir`` is moved aside first and deleted after."""
-    if not out_dir.exists():
-        tmp.rename(out_dir)
-        return
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{time.monotonic_ns()}"
-    out_dir.rename(old)
-    try:
-        tmp.rename(out_dir)
-    except OSError:
-        old.rename(out_dir)  # put the previous version back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_jsonl(path: Path, rows) -> None:

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
         kept = refine_crystals(refiner, crystals, sampler=sampler, n_steps=steps, seed=8, **kw)
         quality[f"match_unperturbed_refined_{sampler}"] = _match_fraction(crystals, kept)
         quality[f"valid_unperturbed_refined_{sampler}"] = _valid_fraction(kept)
-    print(f"| sampler | steps | network calls | crystals | median s | crystals/s |\n|---|---|---|---|---|---|")
+    print("| sampler | steps | network calls | crystals | median s | crystals/s |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['sampler']} | {r['steps']} | {r['network_calls']} | {r['crystals']} | {r['median_s']} "
               f"| {r['crystals_per_s']} |")

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from crystalformer import Crystal, CrystalTokenizer
+from crystalformer import CrystalTokenizer
 from crystalformer.grammar import INF, Grammar, IllegalTokenError, Phase, min_sites
 from crystalformer.symmetry import space_group
 from crystalformer.tokenizer import Slot, count_token, wyckoff_token

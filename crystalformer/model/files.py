@@ -8,9 +8,9 @@ never leaves a half-written model.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
+from ..atomic import swap_into_place, temporary_sibling
 from ..config import ModelConfig, config_from_dict, config_to_dict
 
 FORMAT = "crystalformer-model"
@@ -23,26 +23,14 @@ def save_model(model, path, metadata: dict | None = None) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = temporary_sibling(path)
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": config_to_dict(model.config)}
     _write_json(tmp / "config.json", config)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"))
     model.tokenizer.save(tmp)
     _write_json(tmp / "metadata.json", {"num_parameters": model.num_parameters(), **(metadata or {})})
-    if path.exists():
-        old = path.with_name(path.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(path)
+    swap_into_place(tmp, path)
     return path
 
 

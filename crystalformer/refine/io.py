@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from ..atomic import swap_into_place, temporary_sibling
 
 from .config import RefinerConfig
 from .model import Refiner
@@ -18,21 +18,12 @@ def save_refiner(refiner: Refiner, path, metadata: dict | None = None) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = temporary_sibling(path)
     state = {k: v.detach().cpu().contiguous() for k, v in refiner.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"))
     (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **refiner.config.to_dict()}, indent=2))
     (tmp / "metadata.json").write_text(json.dumps(metadata or {}, indent=2, default=str))
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        import shutil
-
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    swap_into_place(tmp, path)
     return path
 
 

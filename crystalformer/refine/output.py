@@ -7,10 +7,10 @@ The output folder is assembled under a temporary sibling and moved into place wi
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import warnings
 from pathlib import Path
+
+from ..atomic import swap_into_place, temporary_sibling
 
 from ..crystal import Crystal
 
@@ -56,11 +56,7 @@ def write_refined(out, names: list[str], before: list[Crystal], after: list[Crys
     from ..sampling.output import check_output_dir, structure_checks
 
     out = check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = temporary_sibling(out)
     rows, counts = [], {"refined": 0, "valid_before": 0, "valid_after": 0, "skipped": len(skipped or [])}
     used: set[str] = set()
     for name, b, a in zip(names, before, after):
@@ -80,11 +76,5 @@ def write_refined(out, names: list[str], before: list[Crystal], after: list[Crys
                      "min_distance": fa["min_distance"], "valid_structure": fa["valid_structure"]})
     payload = {"meta": meta or {}, "counts": counts, "samples": rows, "skipped": skipped or []}
     (tmp / "samples.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    swap_into_place(tmp, out)
     return counts

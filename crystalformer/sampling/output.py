@@ -8,11 +8,12 @@ existing non-empty folder is replaced only with ``overwrite``.
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import swap_into_place, temporary_sibling
 
 MIN_DISTANCE = 0.5  # Å, the CDVAE structural-validity cut-off
 MIN_VOLUME = 0.1  # Å^3
@@ -71,11 +72,7 @@ def write_samples(samples, out, overwrite: bool = False, names: list[str] | None
     names = names or [f"sample_{i:05d}" for i in range(len(samples))]
     if len(names) != len(samples) or len(set(names)) != len(names):
         raise ValueError("names must be unique, one per sample")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = temporary_sibling(out)
     rows, counts = [], {"written": 0, "not_decoded": 0, "not_built": 0, "invalid_structure": 0}
     for i, (s, name) in enumerate(zip(samples, names)):
         structure, flags = structure_checks(s.crystal)
@@ -92,9 +89,7 @@ def write_samples(samples, out, overwrite: bool = False, names: list[str] | None
         rows.append(row)
     payload = {"meta": meta or {}, "counts": counts, "samples": rows}
     (tmp / "samples.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    swap_into_place(tmp, out)
     return counts
 
 
