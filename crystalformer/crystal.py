@@ -120,8 +120,12 @@ class Crystal:
 
     @property
     def formula(self) -> str:
-        """Conventional-cell formula, elements by atomic number, e.g. ``Na4Cl4``."""
-        return "".join(f"{el}{n}" for el, n in self.composition.items())
+        """Conventional-cell formula in pymatgen's order (by electronegativity), counts of 1 omitted:
+        ``Na4Cl4``, ``CsCl``, ``SrTiO3``."""
+        from pymatgen.core import Composition
+
+        parts = Composition(dict(self.composition)).formula.split()  # e.g. ['Sr1', 'Ti1', 'O3']
+        return "".join(p[:-1] if p.endswith("1") and not p[-2].isdigit() else p for p in parts)
 
     @property
     def free_lattice(self) -> tuple[float, ...]:

@@ -265,7 +265,7 @@ def test_known_answers():
 
     cscl = Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     c = Crystal.from_structure(cscl)
-    assert c.space_group == 221 and c.wyckoff_sequence == "1a 1b" and c.formula == "Cl1Cs1"
+    assert c.space_group == 221 and c.wyckoff_sequence == "1a 1b" and c.formula == "CsCl"
 
     si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.43), ["Si"], [[0, 0, 0]])  # origin choice 1 input
     c = Crystal.from_structure(si)

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+DEFAULT = "default"  # --refine without a path
+
 
 def _usage(msg: str):
     from ..cli import UsageError
@@ -44,6 +46,17 @@ def _print_table(samples, limit: int = 12) -> None:
         print(f"... {len(samples) - limit} more in samples.json")
 
 
+def _refiner_dir(value: str) -> Path:
+    """``--refine`` with no path means the refiner shipped with the package."""
+    if value == DEFAULT:
+        from ..defaults import default_dir
+
+        return default_dir("refiner")
+    if not Path(value).is_dir():
+        raise _usage(f"--refine {value}: not a refiner model folder")
+    return Path(value)
+
+
 def _refine(args, samples) -> list:
     """With --refine REFINER: refined copies of the decoded samples (log-likelihoods stay the sampler's)."""
     if args.refine is None:
@@ -52,10 +65,9 @@ def _refine(args, samples) -> list:
 
     from ..refine.api import refine_crystals
 
-    if not Path(args.refine).is_dir():
-        raise _usage(f"--refine {args.refine}: not a refiner model folder")
+    refiner = _refiner_dir(args.refine)
     index = [i for i, s in enumerate(samples) if s.crystal is not None]
-    refined = refine_crystals(args.refine, [samples[i].crystal for i in index], sigma_start=args.sigma_start,
+    refined = refine_crystals(refiner, [samples[i].crystal for i in index], sigma_start=args.sigma_start,
                               seed=args.seed, device=args.device)
     out = list(samples)
     for i, crystal in zip(index, refined):
@@ -213,8 +225,9 @@ def _common(p, n_default: int) -> None:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--refine", type=Path, metavar="REFINER",
-                   help="refine atomic positions with this refiner model folder (crystalformer train-refiner)")
+    p.add_argument("--refine", nargs="?", const=DEFAULT, metavar="REFINER",
+                   help="refine atomic positions with the shipped refiner, or with this refiner model folder "
+                        "(crystalformer train-refiner)")
     p.add_argument("--sigma-start", type=float, default=0.05, help="noise level refinement starts from (default 0.05)")
 
 

@@ -1,0 +1,47 @@
+"""The models shipped inside the package, used wherever no path is given.
+
+``crystalformer/_default/`` holds one directory per kind:
+
+- ``model/``     the generative CrystalFormer (``load_model()``, ``crystalformer sample`` without ``--model``);
+- ``refiner/``   the position refiner (``--refine`` without a path, ``crystalformer refine`` without ``--model``);
+- ``property/<target>/``  property models p(y | X), one per target column (``crystalformer design``
+  without ``--property``).
+
+``MODEL_CARD.md`` in the same folder records their data, sizes, training commands and figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent / "_default"
+KINDS = {"model": "generative model", "refiner": "position refiner", "property": "property model"}
+
+
+def default_dir(kind: str, name: str | None = None) -> Path:
+    """The shipped directory of ``kind`` (and, for property models, of target ``name``).
+
+    FileNotFoundError names what is missing and what to pass instead.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; one of {', '.join(KINDS)}")
+    path = ROOT / kind if name is None else ROOT / kind / name
+    if not (path / "config.json").is_file():
+        what = KINDS[kind] + (f" for {name!r}" if name else "")
+        hint = {"model": "--model DIR (or load_model(DIR)), trained with `crystalformer train`",
+                "refiner": "--refine DIR, trained with `crystalformer train-refiner`",
+                "property": "--property DIR, trained with `crystalformer train-property`"}[kind]
+        have = ""
+        if kind == "property" and name and (ROOT / kind).is_dir():
+            names = sorted(p.name for p in (ROOT / kind).iterdir() if (p / "config.json").is_file())
+            have = f" (shipped property models: {', '.join(names) or 'none'})"
+        raise FileNotFoundError(f"no default {what} is installed at {path}{have}; pass {hint}")
+    return path
+
+
+def shipped(kind: str) -> list[str]:
+    """Names of the shipped property models, or [kind] when the single model of ``kind`` is present."""
+    base = ROOT / kind
+    if kind == "property":
+        return sorted(p.name for p in base.iterdir() if (p / "config.json").is_file()) if base.is_dir() else []
+    return [kind] if (base / "config.json").is_file() else []
