@@ -42,6 +42,33 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from .datasets import REGISTRY, DownloadError, download, registry_table
+
+    if args.list:
+        print(registry_table())
+        return 0
+    if not args.names:
+        raise UsageError(f"data download needs at least one NAME (or --list); known: {', '.join(REGISTRY)}")
+    if args.out is None:
+        raise UsageError("data download needs --out DIR")
+    names = list(REGISTRY) if args.names == ["all"] else args.names
+    unknown = [name for name in names if name not in REGISTRY]
+    if unknown:
+        raise UsageError(f"unknown data set {', '.join(unknown)}; known: {', '.join(REGISTRY)} (or all)")
+    failed = False
+    for name in names:  # one failing data set does not stop the others
+        try:
+            files = download(name, args.out, progress=not args.quiet)
+        except DownloadError as err:
+            failed = True
+            for line in str(err).splitlines():
+                print(f"crystalformer: error: {name}: {line}", file=sys.stderr)
+            continue
+        print(f"{name:<11} verified  " + "  ".join(str(path) for path in files))
+    return 1 if failed else 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import ModelConfig, TrainConfig, apply_overrides
     from .lit import NonFiniteLossError
@@ -115,6 +142,15 @@ def _add_data(sub) -> None:
     p.add_argument("--force", action="store_true", help="rebuild even if the cache matches")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_prepare)
+    p = data.add_parser("download", help="fetch the public benchmark data sets (checksums verified)",
+                        description="Download mp_20, mpts_52, perov_5, carbon_24 (CDVAE/DiffCSP CSV splits) or "
+                                    "alex_mp_20 (MatterGen) into DIR/NAME/. Every file is checked against the "
+                                    "registry's checksum before it is kept; files already present are not fetched.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="data set names, or all (see --list)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="folder to download into (one subfolder per data set)")
+    p.add_argument("--list", action="store_true", help="print the registry (name, files, size, source) and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_download)
 
 
 def _add_train(sub) -> None:
