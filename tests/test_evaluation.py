@@ -15,7 +15,7 @@ from crystalformer.evaluation.analysis import Entry
 from crystalformer.evaluation.coverage import (composition_fingerprint, cutoffs_for, normalize_composition_fps,
                                                structure_fingerprint)
 from crystalformer.evaluation.csp import csp_matcher, rms_distance
-from crystalformer.evaluation.runner import evaluate_csp, evaluate_generation
+from crystalformer.evaluation.runner import analyze_reference, evaluate_csp, evaluate_generation
 from crystalformer.evaluation.symmetry_stats import chi2_distance, space_group_histogram
 
 from pathlib import Path
@@ -205,6 +205,25 @@ def test_evaluate_generation_records_failures():
     assert m["cov_recall"] == 1.0 and m["cov_precision"] == pytest.approx(3 / 6)
     assert r["failures"]["samples"]["by_step"] == {"parse": 1, "missing": 1}
     assert m["novelty"] == 0.0 and m["uniqueness"] == 1.0
+
+
+def test_analyzed_reference_and_separate_novelty_reference():
+    structs = fixture_structures("perov5_sample.csv", 4)
+    samples = [Entry(m, s.to(fmt="cif")) for m, s in structs[:3]]
+    val = [Entry(m, s.to(fmt="cif")) for m, s in structs[2:]]  # shares sample 2 only
+    train = [Entry(m, s.to(fmt="cif")) for m, s in structs[:2]]  # shares samples 0 and 1
+    direct = evaluate_generation(samples, val, dataset="perov_5", progress=False)
+    once = analyze_reference(val, coverage=True, novelty=True, progress=False)
+    reused = evaluate_generation(samples, once, dataset="perov_5", progress=False)
+    for key in ("cov_recall", "cov_precision", "wdist_density", "novelty", "sg_chi2"):
+        assert reused["metrics"][key] == direct["metrics"][key], key
+    assert direct["metrics"]["novelty"] == pytest.approx(2 / 3)  # judged against val
+    split = evaluate_generation(samples, val, dataset="perov_5", progress=False, novelty_reference=train)
+    assert split["metrics"]["novelty"] == pytest.approx(1 / 3)  # judged against train
+    assert split["metrics"]["cov_recall"] == direct["metrics"]["cov_recall"]
+    no_fp = analyze_reference(val, coverage=False, novelty=True, progress=False)
+    with pytest.raises(ValueError, match="lacks fingerprints"):
+        evaluate_generation(samples, no_fp, progress=False)
 
 
 def test_energy_needs_the_extra():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,28 @@ def _entries(x):
     return load_entries(x) if isinstance(x, (str, Path)) else list(x)
 
 
+@dataclass
+class AnalyzedReference:
+    """A reference set analysed once (fingerprints, space groups, reduced cells) for several evaluations."""
+
+    results: list[dict]
+    fingerprints: bool
+    reduced: bool
+    source: str = ""
+
+
+def analyze_reference(reference, max_reference: int | None = None, seed: int = 0, coverage: bool = True,
+                      novelty: bool = True, symprec: float = 0.1, workers: int = 1,
+                      progress: bool = True) -> AnalyzedReference:
+    """Analyse ``reference`` as :func:`evaluate_generation` would, to pass it to several calls."""
+    entries = subsample(_entries(reference), max_reference, seed + 1)
+    if not entries:
+        raise ValueError(f"no reference structures in {reference}")
+    opt = Options(fingerprints=coverage, symprec=symprec, reduce=novelty)
+    return AnalyzedReference(analyze_all(entries, opt, workers, progress, "reference"), coverage, novelty,
+                             str(reference) if isinstance(reference, (str, Path)) else "")
+
+
 def _failures(results: list[dict], examples: int = 20) -> dict:
     counts, ex = Counter(), []
     for r in results:
@@ -45,8 +68,12 @@ def _failures(results: list[dict], examples: int = 20) -> dict:
 def evaluate_generation(samples, reference, dataset: str | None = None, cutoffs: tuple[float, float] | None = None,
                         n_wdist: int = 1000, max_reference: int | None = None, max_samples: int | None = None,
                         seed: int = 0, workers: int = 1, coverage: bool = True, novelty: bool = True,
-                        symprec: float = 0.1, progress: bool = True) -> dict:
+                        symprec: float = 0.1, progress: bool = True, novelty_reference=None) -> dict:
     """Generation metrics of ``samples`` against ``reference`` (paths or lists of Entry).
+
+    ``reference`` (and ``novelty_reference``) may also be an :class:`AnalyzedReference`, analysed
+    once for several calls. ``novelty_reference``: the set novelty is judged against (usually the
+    training split) when it differs from ``reference`` (usually the test or validation split).
 
     ``dataset`` picks the coverage cutoffs (guessed from the reference path when None; MP-20's
     otherwise); ``cutoffs`` = (struct, comp) overrides it. ``max_reference`` / ``max_samples``
@@ -62,14 +89,24 @@ def evaluate_generation(samples, reference, dataset: str | None = None, cutoffs:
     if cutoffs is None:
         cutoffs = cutoffs_for(dataset) if dataset else COV_CUTOFFS["mp_20"]
     s_entries = subsample(_entries(samples), max_samples, seed)
-    r_entries = subsample(_entries(reference), max_reference, seed + 1)
     if not s_entries:
         raise ValueError(f"no samples in {samples}")
-    if not r_entries:
-        raise ValueError(f"no reference structures in {reference}")
     opt = Options(fingerprints=coverage, symprec=symprec, reduce=novelty)
     res = analyze_all(s_entries, opt, workers, progress, "samples")
-    ref = analyze_all(r_entries, opt, workers, progress, "reference")
+    novelty_ref = None
+    if novelty and novelty_reference is not None:
+        if not isinstance(novelty_reference, AnalyzedReference):
+            novelty_reference = analyze_reference(novelty_reference, None, seed, False, True, symprec, workers,
+                                                  progress)
+        if not novelty_reference.reduced:
+            raise ValueError("novelty_reference was analysed without reduced cells (novelty=False)")
+        novelty_ref = [r for r in novelty_reference.results if r["parsed"]]
+    if not isinstance(reference, AnalyzedReference):
+        reference = analyze_reference(reference, max_reference, seed, coverage, novelty and novelty_ref is None,
+                                      symprec, workers, progress)
+    elif (coverage and not reference.fingerprints) or (novelty and novelty_ref is None and not reference.reduced):
+        raise ValueError("the analysed reference lacks fingerprints or reduced cells this evaluation needs")
+    ref = reference.results
     valid = [r for r in res if r["valid"]]
     ref_ok = [r for r in ref if r["parsed"]]
     n = len(res)
@@ -85,14 +122,15 @@ def evaluate_generation(samples, reference, dataset: str | None = None, cutoffs:
     m.update(space_group_stats([r["space_group"] for r in valid if r["space_group"]],
                                [r["space_group"] for r in ref_ok if r["space_group"]]))
     if novelty:
-        m.update(_uniqueness_novelty(valid, ref_ok, workers, progress))
+        m.update(_uniqueness_novelty(valid, ref_ok if novelty_ref is None else novelty_ref, workers, progress))
     return {
         "task": "generation", "metrics": m,
         "counts": {"samples": n, "parsed": sum(r["parsed"] for r in res), "valid": len(valid),
                    "reference": len(ref), "reference_parsed": len(ref_ok)},
         "failures": {"samples": _failures(res), "reference": _failures(ref)},
         "settings": {"dataset": dataset, "struct_cutoff": cutoffs[0], "comp_cutoff": cutoffs[1],
-                     "n_wdist": n_wdist, "max_reference": max_reference, "max_samples": max_samples,
+                     "n_wdist": n_wdist, "max_reference": max_reference,
+                     "novelty_reference": None if novelty_ref is None else (novelty_reference.source or len(novelty_ref)), "max_samples": max_samples,
                      "seed": seed, "symprec": symprec, "workers": workers, **_versions()},
         "plot_data": {"sample_density": [r["density"] for r in valid],
                       "reference_density": [r["density"] for r in ref_ok],
