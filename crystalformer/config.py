@@ -83,6 +83,8 @@ class TrainConfig:
     devices: str = "auto"
     strategy: str = "auto"
     """Lightning strategy, e.g. 'ddp' for several GPUs."""
+    num_nodes: int = 1
+    """machines taking part (multi-node DDP under torchrun / SLURM)."""
 
     def __post_init__(self):
         if self.batch_size < 1 or self.max_epochs < 1 or self.lr <= 0 or self.warmup_steps < 0:

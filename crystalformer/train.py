@@ -170,6 +170,7 @@ def train(data, out, model_config: ModelConfig | None = None, train_config: Trai
     trainer = L.Trainer(
         max_epochs=train_config.max_epochs, max_steps=train_config.max_steps,
         accelerator=train_config.accelerator, devices=train_config.devices, strategy=train_config.strategy,
+        num_nodes=train_config.num_nodes,
         precision=_precision(train_config.precision), gradient_clip_val=train_config.grad_clip or None,
         check_val_every_n_epoch=train_config.val_every_epochs, log_every_n_steps=train_config.log_every_steps,
         logger=CSVLogger(save_dir=str(out), name="logs"), callbacks=[*checkpoints, clock, export],

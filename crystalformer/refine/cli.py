@@ -49,6 +49,10 @@ def cmd_refine(args) -> int:
     from .output import read_inputs, write_refined
     from ..sampling.output import check_output_dir
 
+    if args.model is None:
+        from ..defaults import default_dir
+
+        args.model = default_dir("refiner")
     if not (args.model / "config.json").is_file():
         raise UsageError(f"--model {args.model}: not a refiner model directory (no config.json)")
     if not args.input.exists():
@@ -97,7 +101,8 @@ def add_parsers(sub) -> None:
                        description="Noise each crystal's free Wyckoff parameters to --sigma-start and integrate "
                                    "the reverse SDE (pc) or probability-flow ODE (ode) to sigma_min. Space group, "
                                    "Wyckoff letters, elements and lattice are kept.")
-    p.add_argument("--model", type=Path, required=True, metavar="REFINER", help="refiner model directory")
+    p.add_argument("--model", type=Path, metavar="REFINER",
+                   help="refiner model directory (default: the refiner shipped with the package)")
     p.add_argument("--input", type=Path, required=True, metavar="PATH",
                    help="folder of CIF files, a CIF file, or a samples.json (or a folder holding one)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (CIFs + samples.json)")
