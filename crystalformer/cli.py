@@ -183,11 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Space-group-aware generative transformer for crystal structures.")
     parser.add_argument("--version", action="version", version=f"crystalformer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from .design.cli import add_parsers as _add_design
     from .evaluation.cli import add_parser as _add_evaluate
     from .refine.cli import add_parsers as _add_refine
     from .sampling.cli import add_parsers as _add_sampling
 
-    for add in (_add_data, _add_train, _add_sampling, _add_refine, _add_evaluate):
+    for add in (_add_data, _add_train, _add_sampling, _add_refine, _add_design, _add_evaluate):
         add(sub)
     return parser
 

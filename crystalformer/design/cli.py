@@ -1,0 +1,128 @@
+"""CLI subcommands ``train-property`` and ``design`` (parse, check, delegate to typed functions).
+
+Wire into the main parser with ``add_parsers(sub)`` (``sub`` = the argparse subparsers object).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..cli import UsageError
+
+
+def cmd_train_property(args) -> int:
+    from .property import PropertyConfig
+    from .train import train_property
+
+    for path in [*args.data, *(args.val or [])]:
+        if not path.exists():
+            raise UsageError(f"{path}: file or folder not found")
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set {item!r}: expected FIELD=VALUE")
+        overrides[key.strip()] = value.strip()
+    base = PropertyConfig.from_name(args.preset)
+    fields = {f: type(getattr(base, f)) for f in base.__dataclass_fields__}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise UsageError(f"unknown property config field(s) {unknown}; known: {sorted(fields)}")
+    try:
+        typed = {k: fields[k](v) for k, v in overrides.items()}
+    except ValueError as err:
+        raise UsageError(f"--set: {err}") from None
+    config = PropertyConfig.from_name(args.preset, **typed)
+    result = train_property(args.data, args.target, args.out, config, val=args.val, cache_dir=args.cache_dir,
+                            overwrite=args.overwrite, progress=not args.quiet)
+    print(result.table())
+    return 0
+
+
+def cmd_design(args) -> int:
+    from ..model import load_model
+    from ..sampling.output import check_output_dir
+    from .api import UnreachableTargetError, design, write_designs
+    from .mcmc import MoveConfig
+    from .property import load_property_model
+    from .targets import parse_targets
+
+    targets = parse_targets(args.target)
+    check_output_dir(args.out, args.overwrite)  # refuse before the work, not after
+    if args.n < 1 or args.steps < 0:
+        raise UsageError(f"--n must be >= 1 and --steps >= 0 (got {args.n}, {args.steps})")
+    if args.property:
+        paths = list(args.property)
+    else:
+        from ..defaults import default_dir
+
+        paths = [default_dir("property", t.name) for t in targets]
+    models = [load_property_model(p) for p in paths]
+    prior = load_model(args.model)
+    moves = MoveConfig(*args.moves) if args.moves else MoveConfig()
+    elements = None if not args.elements else [e for part in args.elements for e in part.split(",") if e]
+    space_groups = None if not args.space_group else [int(s) for part in args.space_group for s in part.split(",") if s]
+    meta = {"model": str(args.model or "default"), "property": [str(p) for p in paths]}
+    try:
+        result = design(prior, models, targets, n=args.n, steps=args.steps, moves=moves, beta=args.beta,
+                        beta_start=args.beta_start, anneal_steps=args.anneal_steps, space_groups=space_groups,
+                        elements=elements, seed=args.seed, progress=not args.quiet)
+        code = 0
+    except UnreachableTargetError as err:
+        if err.result is None:
+            raise
+        print(f"crystalformer: warning: {err}", file=sys.stderr)
+        result, code = err.result, 1
+    counts = write_designs(result, args.out, args.overwrite, meta)
+    s = result.summary()
+    acc = ", ".join(f"{k} {v:.2f}" for k, v in s["acceptance"].items() if v is not None)
+    print(f"designed {s['n']} crystals ({s['meeting_all_targets']} meet {', '.join(s['targets'])}); "
+          f"acceptance {acc}; {counts['written']} CIFs in {args.out} ({s['wall_s']:.0f} s)")
+    return code
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("train-property", help="train a property model p(y | X) on a numeric CSV column",
+                       description="Regressor on the crystal's token stream for one numeric column of CDVAE CSV "
+                                   "files (formation_energy_per_atom, band_gap, heat_ref, energy_per_atom, ...), "
+                                   "with a Gaussian likelihood whose sigma is calibrated on validation data.")
+    p.add_argument("--data", action="append", type=Path, required=True, metavar="PATH",
+                   help="training data: CSV, CIF folder or prepared directory (repeatable)")
+    p.add_argument("--target", required=True, help="the numeric column to predict")
+    p.add_argument("--val", action="append", type=Path, metavar="PATH",
+                   help="validation data (repeatable); default: val_fraction of --data held out")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="property model directory to write")
+    p.add_argument("--preset", choices=("tiny", "small", "judge"), default="small",
+                   help="small: transformer (default); judge: deep-set, another seed (independent judge); tiny: tests")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a PropertyConfig field")
+    p.add_argument("--cache-dir", type=Path, help="where CSV/CIF inputs are prepared (default ~/.cache/crystalformer)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_property)
+
+    p = sub.add_parser("design", help="inverse design: sample p(X | y*) ∝ p(X) p(y* | X) by Metropolis-Hastings",
+                       description="Chains of crystals whose proposals come from the prior (independent draws, "
+                                   "suffix resampling, element infill), accepted on the property likelihood. "
+                                   "Writes CIFs and a ranked samples.json with predicted properties and "
+                                   "acceptance statistics.")
+    p.add_argument("--model", type=Path, help="prior model directory (default: the shipped model)")
+    p.add_argument("--property", action="append", type=Path, metavar="DIR",
+                   help="property model directory (repeatable, one per target; default: the shipped ones)")
+    p.add_argument("--target", action="append", required=True, metavar="SPEC",
+                   help="band_gap=3.0+-0.2, heat_ref=min, formation_energy_per_atom=min@0.05, band_gap>2 ... "
+                        "(comma-separated or repeated)")
+    p.add_argument("--n", type=int, default=100, help="chains = designed crystals (default 100)")
+    p.add_argument("--steps", type=int, default=100, help="Metropolis-Hastings steps per chain (default 100)")
+    p.add_argument("--space-group", action="append", metavar="N[,N...]", help="allowed space groups")
+    p.add_argument("--elements", action="append", metavar="EL[,EL...]", help="allowed elements (all sites)")
+    p.add_argument("--moves", type=float, nargs=3, metavar=("INDEPENDENT", "SUFFIX", "ELEMENT"),
+                   help="move probabilities (default 0.2 0.6 0.2)")
+    p.add_argument("--beta", type=float, default=1.0, help="final inverse temperature on the likelihood (default 1)")
+    p.add_argument("--beta-start", type=float, help="anneal geometrically from this inverse temperature")
+    p.add_argument("--anneal-steps", type=int, help="steps of the annealing ramp (default half of --steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_design)

@@ -1,0 +1,216 @@
+"""Proposals drawn from the prior: decoding a stream's suffix after a kept prefix, and scoring streams.
+
+Both return, per stream, two arrays aligned with its positions:
+
+- ``log_p[t]``: the prior's log-probability (discrete choice, structural masks, T = 1) or
+  log-density (coordinate / lattice value) of position t; 0 at [BOS] and at forced tokens;
+- ``log_w[t]``: log Z_t, the prior mass that the constraint masks (space groups, element
+  allow-list) keep at a discrete choice, 0 elsewhere (and everywhere without constraints);
+  -inf where the stream's token lies outside the constraint.
+
+Masked decoding draws x_t from r(x_t | x_<t) = p(x_t | x_<t) 1[x_t allowed] / Z_t, so for a
+stream X that satisfies the constraint p(X) / r(X) = prod_t Z_t = exp(sum_t log_w[t]): the
+sums of ``log_w`` are the importance weights that make masked proposals exact in
+Metropolis-Hastings (see :mod:`crystalformer.design.mcmc`).
+
+Without a composition prompt the grammar state after a prefix does not depend on which
+elements it holds, and the constraint masks depend only on the phase and the number of sites,
+so a stream with one element replaced has exactly the masks of the original (used by the
+element moves, which score many such variants at once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..grammar import Phase
+from ..model.crystalformer import DISCRETE_SLOTS
+from ..sampling.constraints import ConstraintMasks
+from ..sampling.decoder import _Forward, fitting_grammar
+from ..tokenizer import Slot
+
+CHOICE_PHASES = (Phase.AFTER_BOS, Phase.SPACE_GROUP, Phase.SITE, Phase.ELEMENT)
+
+
+@dataclass
+class Streams:
+    """Token streams with their per-position prior terms (see module docstring)."""
+
+    ids: list[list[int]]
+    values: list[list[float]]
+    log_p: list[np.ndarray]
+    log_w: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def total_log_p(self) -> np.ndarray:
+        return np.array([float(a.sum()) for a in self.log_p])
+
+    def total_log_w(self) -> np.ndarray:
+        return np.array([float(a.sum()) for a in self.log_w])
+
+    def take(self, index) -> Streams:
+        return Streams([self.ids[i] for i in index], [self.values[i] for i in index],
+                       [self.log_p[i] for i in index], [self.log_w[i] for i in index])
+
+
+@torch.no_grad()
+def decode_after(model, prefixes: list[tuple[list[int], list[float]]], masks: ConstraintMasks,
+                 generator: torch.Generator) -> Streams:
+    """Keep each prefix (ids, values; [BOS] first) and draw the rest of the stream from the masked prior.
+
+    All streams advance together with the KV cache; a stream still inside its prefix is teacher-forced
+    (its terms are scored, nothing is drawn), so prefixes of different lengths share one batch. A
+    prefix that is a whole stream (ending in [EOS]) is only scored.
+    """
+    grammar = model.grammar
+    fitting = fitting_grammar(model, 1)
+    N, device = len(prefixes), model.device
+    if N == 0:
+        raise ValueError("decode_after needs at least one prefix")
+    if any(not p[0] or p[0][0] != grammar.bos for p in prefixes):
+        raise ValueError("every prefix must start with [BOS]")
+    slot_of = model.tables.slot.cpu().numpy()
+    states = [grammar.step(grammar.start(), grammar.bos) for _ in range(N)]
+    ids = [[grammar.bos] for _ in range(N)]
+    values = [[0.0] for _ in range(N)]
+    log_p = [[0.0] for _ in range(N)]
+    log_w = [[0.0] for _ in range(N)]
+    forward = _Forward(model, N, kv_cache=True)
+    first = torch.full((N, 1), grammar.bos, dtype=torch.long, device=device)  # (N, 1)
+    h = forward(first, torch.zeros((N, 1), device=device), torch.full((N, 1), int(Slot.BOS), device=device))
+    t = 1
+    while not all(s.phase == Phase.DONE for s in states):
+        if forward.length >= model.config.max_len:
+            raise RuntimeError(f"decoding reached max_len={model.config.max_len} before [EOS]")
+        forced = np.array([t < len(p[0]) for p in prefixes])
+        tokens, vals, ll, lw = _step(model, fitting, h, states, masks, forced,
+                                     [p[0][t] if t < len(p[0]) else 0 for p in prefixes],
+                                     [p[1][t] if t < len(p[1]) else 0.0 for p in prefixes], slot_of, generator)
+        for i in range(N):
+            if states[i].phase != Phase.DONE:
+                ids[i].append(int(tokens[i]))
+                values[i].append(float(vals[i]))
+                log_p[i].append(float(ll[i]))
+                log_w[i].append(float(lw[i]))
+            states[i] = grammar.step(states[i], int(tokens[i]))
+        tt = torch.as_tensor(tokens, device=device)[:, None]  # (N, 1)
+        vv = torch.as_tensor(vals, dtype=torch.float32, device=device)[:, None]  # (N, 1)
+        h = forward(tt, vv, model.tables.slot[tt])
+        t += 1
+    return Streams(ids, values, [np.asarray(a) for a in log_p], [np.asarray(a) for a in log_w])
+
+
+def _step(model, fitting, h: torch.Tensor, states, masks: ConstraintMasks, forced: np.ndarray, forced_ids,
+          forced_values, slot_of: np.ndarray, generator: torch.Generator):
+    """Token, value, log p term and log Z term of the next position of every stream."""
+    grammar, N = model.grammar, len(states)
+    structural = np.stack([grammar.structural(s) for s in states])  # (N, V)
+    structural[:, model.comp_id] = False
+    allowed = np.stack([masks.apply(fitting.allowed(s), s) for s in states])  # (N, V)
+    allowed[:, model.comp_id] = False
+    tokens = np.zeros(N, dtype=np.int64)
+    vals = np.zeros(N)
+    ll, lw = np.zeros(N), np.zeros(N)
+    choice = np.array([s.phase in CHOICE_PHASES for s in states])
+    done = np.array([s.phase == Phase.DONE for s in states])
+    fixed = ~choice  # exactly one legal token (forced axis / lattice token, [EOS], padding)
+    tokens[fixed] = structural[fixed].argmax(1)
+    tokens[forced & ~done] = np.asarray(forced_ids)[forced & ~done]
+    rows = np.flatnonzero(choice)
+    if rows.size:
+        r = torch.as_tensor(rows, device=h.device)
+        logits = model.token_head(h[r]).float()  # (n, V)
+        struct_t = torch.as_tensor(structural[rows], device=logits.device)
+        allow = allowed[rows]
+        dead = ~allow.any(1)
+        allow[dead] = structural[rows][dead]  # decoding goes on; the weight is zero
+        allow_t = torch.as_tensor(allow, device=logits.device)
+        log_q = torch.log_softmax(logits.masked_fill(~struct_t, float("-inf")), -1)  # (n, V)
+        kept = torch.logsumexp(log_q.masked_fill(~allow_t, float("-inf")), -1).cpu().numpy()  # (n,)
+        free = ~forced[rows]
+        if free.any():
+            f = torch.as_tensor(np.flatnonzero(free), device=h.device)
+            drawn = model.token_distribution(h[r][f], allow_t[f]).sample(generator)  # (m,)
+            tokens[rows[free]] = drawn.cpu().numpy()
+        chosen = torch.as_tensor(tokens[rows], device=logits.device)
+        ll[rows] = log_q.gather(-1, chosen[:, None]).squeeze(-1).cpu().numpy()
+        inside = allowed[rows][np.arange(rows.size), tokens[rows]] & ~dead
+        lw[rows] = np.where(inside, kept, -np.inf)
+    for slot, make in ((Slot.COORD, model.coord_distribution), (Slot.LATTICE, model.lattice_distribution)):
+        rows = np.flatnonzero(~done & (slot_of[tokens] == slot))
+        if rows.size:
+            r = torch.as_tensor(rows, device=h.device)
+            dist = make(h[r], torch.as_tensor(tokens[rows], device=h.device))
+            x = torch.as_tensor(np.asarray(forced_values, dtype=np.float64)[rows], dtype=torch.float32,
+                                device=h.device)
+            free = torch.as_tensor(~forced[rows], device=h.device)
+            if bool(free.any()):
+                x = torch.where(free, dist.sample(generator).float(), x)
+            vals[rows] = x.cpu().numpy()
+            ll[rows] = dist.log_prob(x).cpu().numpy()
+    return tokens, vals, ll, lw
+
+
+def stream_masks(model, ids, masks: ConstraintMasks) -> tuple[np.ndarray, np.ndarray]:
+    """(T, V) structural masks and (T, V) constraint-narrowed masks before each position of a stream."""
+    grammar = model.grammar
+    fitting = fitting_grammar(model, 1)
+    states = grammar.walk(ids)[:-1]
+    structural = np.stack([grammar.structural(s) for s in states])
+    allowed = np.stack([masks.apply(fitting.allowed(s), s) for s in states])
+    structural[:, model.comp_id] = False
+    allowed[:, model.comp_id] = False
+    return structural, allowed
+
+
+@torch.no_grad()
+def score_streams(model, streams: list[tuple[list[int], list[float]]], structural: list[np.ndarray],
+                  allowed: list[np.ndarray], batch_size: int = 256) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per-position ``log_p`` and ``log_w`` of whole streams by teacher forcing (one forward pass per batch).
+
+    ``structural[i]`` / ``allowed[i]``: the (T_i, V) masks of stream i (:func:`stream_masks`).
+    """
+    from ..datamodule import collate
+    from .property import stream_examples
+
+    out_p, out_w = [], []
+    for k in range(0, len(streams), batch_size):
+        part = streams[k:k + batch_size]
+        batch = collate(stream_examples(model.tokenizer, part), model.tokenizer.pad_id)
+        ids, vals, slots, valid = (batch[key].to(model.device) for key in ("ids", "values", "slots", "mask"))
+        B, T = ids.shape
+        struct = torch.zeros((B, T, model.tokenizer.vocab_size), dtype=torch.bool)
+        allow = torch.zeros_like(struct)
+        for b in range(B):
+            n = len(part[b][0])
+            struct[b, :n] = torch.from_numpy(structural[k + b])
+            allow[b, :n] = torch.from_numpy(allowed[k + b])
+        h, _ = model.hidden(ids, vals, slots)  # (B, T, C)
+        h = h[:, :-1].float()  # (B, T-1, C): position t predicts t + 1
+        t_ids, t_vals, t_slots, t_valid = ids[:, 1:], vals[:, 1:], slots[:, 1:], valid[:, 1:]
+        lp = torch.zeros((B, T - 1), dtype=torch.float64)
+        lw = torch.zeros((B, T - 1), dtype=torch.float64)
+        disc = t_valid & torch.isin(t_slots, torch.tensor(DISCRETE_SLOTS, device=ids.device))
+        b, t = disc.nonzero(as_tuple=True)
+        if b.numel():
+            s_m, a_m = struct[:, 1:][b, t], allow[:, 1:][b, t]  # (n, V)
+            log_q = torch.log_softmax(model.token_head(h[b, t]).float().masked_fill(~s_m, float("-inf")), -1)
+            tok = t_ids[b, t]
+            lp[b, t] = log_q.gather(-1, tok[:, None]).squeeze(-1).double()
+            kept = torch.logsumexp(log_q.masked_fill(~a_m, float("-inf")), -1).double()
+            inside = a_m.gather(-1, tok[:, None]).squeeze(-1)
+            lw[b, t] = torch.where(inside, kept, torch.full_like(kept, -np.inf))
+        for slot, make in ((Slot.COORD, model.coord_distribution), (Slot.LATTICE, model.lattice_distribution)):
+            b, t = (t_valid & (t_slots == slot)).nonzero(as_tuple=True)
+            if b.numel():
+                lp[b, t] = make(h[b, t], t_ids[b, t]).log_prob(t_vals[b, t]).double()
+        for i in range(B):
+            n = len(part[i][0])
+            out_p.append(np.concatenate([[0.0], lp[i, :n - 1].numpy()]))
+            out_w.append(np.concatenate([[0.0], lw[i, :n - 1].numpy()]))
+    return out_p, out_w

@@ -1,0 +1,105 @@
+"""Property models (train, save, load, errors) and the design command end to end on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from crystalformer import CrystalTokenizer, ModelConfig
+from crystalformer.cli import main
+from crystalformer.design import PropertyConfig, UnreachableTargetError, design, load_property_model, train_property
+from crystalformer.design.property import PropertyModel, PropertyNet, gaussian_sigma
+from crystalformer.model import CrystalFormer
+
+
+@pytest.fixture(scope="module")
+def prior(tmp_path_factory):
+    torch.manual_seed(0)
+    model = CrystalFormer(ModelConfig.from_name("tiny", n_max=4), CrystalTokenizer()).eval()
+    with torch.no_grad():
+        model.token_head.bias[model.tokenizer.id("[STOP]")] += 2.0
+    path = tmp_path_factory.mktemp("prior") / "m"
+    model.save(path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def heat_model(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prop") / "heat"
+    result = train_property(data_dir / "perov5_sample.csv", "heat_ref", out, PropertyConfig.from_name("tiny"),
+                            cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
+    return result, out
+
+
+def test_property_model_trains_saves_and_loads(heat_model, data_dir):
+    result, out = heat_model
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json", "metadata.json"}
+    meta = json.loads((out / "metadata.json").read_text())
+    for key in ("target", "mean", "std", "sigma", "val_mae", "baseline_mae", "coverage_1sigma", "train_quantiles"):
+        assert key in meta
+    assert meta["target"] == "heat_ref" and result.sigma > 0 and np.isfinite(result.val_mae)
+    model = load_property_model(out)
+    from tests.conftest import load_fixture_crystals
+
+    crystals = [c for _, c in load_fixture_crystals("perov5_sample.csv")[:5]]
+    again = load_property_model(out).predict(crystals)
+    assert np.allclose(model.predict(crystals), again) and again.shape == (5,)
+
+
+def test_sigma_calibration_covers_the_stated_fraction():
+    r = np.random.default_rng(0).normal(0, 0.3, 20000)
+    assert gaussian_sigma(r, 0.6827) == pytest.approx(0.3, rel=0.03)
+    s90 = gaussian_sigma(r, 0.9)  # the interval ±1.645 sigma covers 90%, and sigma is still the Gaussian's
+    assert s90 == pytest.approx(0.3, rel=0.03)
+    assert np.mean(np.abs(r) <= 1.6449 * s90) == pytest.approx(0.9, abs=0.005)
+
+
+def test_unknown_and_non_numeric_columns_are_refused(data_dir, tmp_path, capsys):
+    args = ["train-property", "--data", str(data_dir / "perov5_sample.csv"), "--preset", "tiny", "--quiet",
+            "--cache-dir", str(tmp_path / "c")]
+    assert main([*args, "--target", "band_gapp", "--out", str(tmp_path / "a")]) == 2
+    assert "band_gapp" in capsys.readouterr().err
+    assert main([*args, "--target", "formula", "--out", str(tmp_path / "b")]) == 2
+    assert "not numeric" in capsys.readouterr().err
+
+
+def test_unreachable_targets_stop_with_the_best_value(prior, heat_model):
+    model, _ = prior
+    pm = load_property_model(heat_model[1])
+    with pytest.raises(UnreachableTargetError, match="outside what the property model"):
+        design(model, [pm], "heat_ref=500+-0.1", n=2, steps=1)
+    with pytest.raises(UnreachableTargetError, match="best") as info:  # reachable in principle, not in 2 steps
+        design(model, [pm], f"heat_ref={pm.quantile(0.5) + 1e-3}+-1e-9", n=3, steps=2)
+    assert info.value.result is not None and len(info.value.result.samples) == 3
+    with pytest.raises(ValueError, match="no property model"):
+        design(model, [pm], "band_gap=min", n=2, steps=1)
+
+
+def test_nan_predictions_are_reported(prior):
+    model, _ = prior
+    net = PropertyNet(PropertyConfig.from_name("tiny"), model.tokenizer)
+    with torch.no_grad():
+        net.head[-1].bias.fill_(float("nan"))
+    pm = PropertyModel(net, {"target": "x", "mean": 0.0, "std": 1.0, "sigma": 1.0, "train_quantiles": [0.0, 1.0]})
+    with pytest.raises(ValueError, match="predicts nan"):
+        design(model, [pm], "x=min", n=2, steps=1)
+
+
+def test_design_command_writes_ranked_designs(prior, heat_model, tmp_path):
+    _, prior_path = prior
+    out = tmp_path / "d"
+    code = main(["design", "--model", str(prior_path), "--property", str(heat_model[1]), "--target", "heat_ref=min",
+                 "--n", "4", "--steps", "3", "--out", str(out), "--quiet", "--beta-start", "0.3"])
+    assert code == 0
+    data = json.loads((out / "samples.json").read_text())
+    rows = data["samples"]
+    assert [r["rank"] for r in rows] == list(range(4))
+    assert all("heat_ref" in r["predicted"] for r in rows)
+    assert data["meta"]["proposed"] and "acceptance" in data["meta"]
+    scores = [(not r["meets_targets"], -r["log_target"]) for r in rows]
+    assert scores == sorted(scores)
+    assert main(["design", "--model", str(prior_path), "--property", str(heat_model[1]), "--target", "heat_ref=min",
+                 "--n", "4", "--steps", "1", "--out", str(out), "--quiet"]) == 2  # refuses to overwrite
