@@ -103,3 +103,35 @@ def test_design_command_writes_ranked_designs(prior, heat_model, tmp_path):
     assert scores == sorted(scores)
     assert main(["design", "--model", str(prior_path), "--property", str(heat_model[1]), "--target", "heat_ref=min",
                  "--n", "4", "--steps", "1", "--out", str(out), "--quiet"]) == 2  # refuses to overwrite
+
+
+def test_several_targets_multiply_their_likelihoods(prior, heat_model):
+    """Two properties at once: the chains' log-likelihood is the sum of both targets' terms."""
+    from crystalformer.design.targets import parse_target
+
+    model, _ = prior
+    heat = load_property_model(heat_model[1])
+    other = load_property_model(heat_model[1])
+    other.metadata.update(target="heat_all", sigma=2 * heat.sigma)
+    result = design(model, [heat, other], ["heat_ref=min", f"heat_all={heat.quantile(0.5):.3f}+-0.5"], n=3, steps=2,
+                    require_reached=False)
+    assert set(result.predictions) == {"heat_ref", "heat_all"}
+    t1 = parse_target("heat_ref=min").resolve(heat)
+    t2 = parse_target(f"heat_all={heat.quantile(0.5):.3f}+-0.5")
+    expected = (t1.log_likelihood(result.predictions["heat_ref"], heat.sigma)
+                + t2.log_likelihood(result.predictions["heat_all"], other.sigma))
+    assert np.allclose(result.log_target, expected, atol=1e-6)
+    assert result.summary()["acceptance"]["all"] is not None
+
+
+def test_finetune_command_writes_a_loadable_prior(prior, heat_model, tmp_path):
+    from crystalformer.model import load_model
+    from crystalformer.model.files import read_metadata
+
+    _, prior_path = prior
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(prior_path), "--property", str(heat_model[1]), "--target",
+                 "heat_ref=min", "--steps", "2", "--batch-size", "4", "--out", str(out), "--quiet"]) == 0
+    tuned = load_model(out)
+    assert len(read_metadata(out)["history"]) >= 1
+    assert tuned.sample(2, seed=0).samples

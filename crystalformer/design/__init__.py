@@ -19,6 +19,9 @@ _EXPORTS = {
     "design": "crystalformer.design.api",
     "DesignResult": "crystalformer.design.api",
     "UnreachableTargetError": "crystalformer.design.api",
+    "write_designs": "crystalformer.design.api",
+    "FinetuneConfig": "crystalformer.design.finetune",
+    "finetune": "crystalformer.design.finetune",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -88,20 +88,20 @@ def _check_reachable(target: Target, model) -> None:
             f"(sigma {model.sigma:.3g}); no design can reach it")
 
 
-def design(prior, property_models, targets, n: int = 100, steps: int = 100, moves: MoveConfig | None = None,
-           beta: float = 1.0, beta_start: float | None = None, anneal_steps: int | None = None, space_groups=None,
-           elements=None, seed: int = 0, progress: bool = False, require_reached: bool = True) -> DesignResult:
-    """``n`` crystals from p(X | constraints) p(targets | X)^beta (the final states of ``n`` chains), ranked.
+def _as_targets(targets) -> list[Target]:
+    if isinstance(targets, str) or (targets and isinstance(list(targets)[0], str)):
+        return parse_targets(targets)
+    return list(targets)
 
-    ``property_models``: PropertyModel objects (one per target name). ``targets``: Target objects
-    or strings (:func:`parse_targets`). ``beta_start``: anneal the likelihood's inverse temperature
-    geometrically from it to ``beta`` over ``anneal_steps`` (default half the steps).
+
+def target_likelihood(property_models, targets):
+    """(resolved targets, {name: model}, predict, log_likelihood) for the targets' property models.
+
+    ``predict(streams)``: {name: (N,) predictions}; ``log_likelihood(streams)``: (N,) sum of the
+    targets' log-likelihoods (properties independent given X). Refuses targets that no property
+    model predicts and targets outside anything the models have seen.
     """
-    from ..sampling.api import Sample
-
-    t0 = time.time()
-    targets = parse_targets(targets) if isinstance(targets, str) or (
-        targets and isinstance(list(targets)[0], str)) else list(targets)
+    targets = _as_targets(targets)
     if isinstance(property_models, dict):
         property_models = list(property_models.values())
     elif not isinstance(property_models, (list, tuple)):
@@ -117,6 +117,24 @@ def design(prior, property_models, targets, n: int = 100, steps: int = 100, move
     def log_likelihood(streams) -> np.ndarray:
         preds = predict(streams)
         return sum(t.log_likelihood(preds[t.name], models[t.name].sigma) for t in resolved)
+
+    return resolved, models, predict, log_likelihood
+
+
+def design(prior, property_models, targets, n: int = 100, steps: int = 100, moves: MoveConfig | None = None,
+           beta: float = 1.0, beta_start: float | None = None, anneal_steps: int | None = None, space_groups=None,
+           elements=None, seed: int = 0, progress: bool = False, require_reached: bool = True) -> DesignResult:
+    """``n`` crystals from p(X | constraints) p(targets | X)^beta (the final states of ``n`` chains), ranked.
+
+    ``property_models``: PropertyModel objects (one per target name). ``targets``: Target objects
+    or strings (:func:`parse_targets`). ``beta_start``: anneal the likelihood's inverse temperature
+    geometrically from it to ``beta`` over ``anneal_steps`` (default half the steps).
+    """
+    from ..sampling.api import Sample
+
+    t0 = time.time()
+    targets = _as_targets(targets)
+    resolved, models, predict, log_likelihood = target_likelihood(property_models, targets)
 
     betas = beta_schedule(steps, beta, beta_start, anneal_steps)
     chains = metropolis_hastings(prior, log_likelihood, n, steps, moves, betas, space_groups, elements, seed,

@@ -175,42 +175,51 @@ def score_streams(model, streams: list[tuple[list[int], list[float]]], structura
 
     ``structural[i]`` / ``allowed[i]``: the (T_i, V) masks of stream i (:func:`stream_masks`).
     """
-    from ..datamodule import collate
-    from .property import stream_examples
-
     out_p, out_w = [], []
     for k in range(0, len(streams), batch_size):
         part = streams[k:k + batch_size]
-        batch = collate(stream_examples(model.tokenizer, part), model.tokenizer.pad_id)
-        ids, vals, slots, valid = (batch[key].to(model.device) for key in ("ids", "values", "slots", "mask"))
-        B, T = ids.shape
-        struct = torch.zeros((B, T, model.tokenizer.vocab_size), dtype=torch.bool)
-        allow = torch.zeros_like(struct)
-        for b in range(B):
-            n = len(part[b][0])
-            struct[b, :n] = torch.from_numpy(structural[k + b])
-            allow[b, :n] = torch.from_numpy(allowed[k + b])
-        h, _ = model.hidden(ids, vals, slots)  # (B, T, C)
-        h = h[:, :-1].float()  # (B, T-1, C): position t predicts t + 1
-        t_ids, t_vals, t_slots, t_valid = ids[:, 1:], vals[:, 1:], slots[:, 1:], valid[:, 1:]
-        lp = torch.zeros((B, T - 1), dtype=torch.float64)
-        lw = torch.zeros((B, T - 1), dtype=torch.float64)
-        disc = t_valid & torch.isin(t_slots, torch.tensor(DISCRETE_SLOTS, device=ids.device))
-        b, t = disc.nonzero(as_tuple=True)
-        if b.numel():
-            s_m, a_m = struct[:, 1:][b, t], allow[:, 1:][b, t]  # (n, V)
-            log_q = torch.log_softmax(model.token_head(h[b, t]).float().masked_fill(~s_m, float("-inf")), -1)
-            tok = t_ids[b, t]
-            lp[b, t] = log_q.gather(-1, tok[:, None]).squeeze(-1).double()
-            kept = torch.logsumexp(log_q.masked_fill(~a_m, float("-inf")), -1).double()
-            inside = a_m.gather(-1, tok[:, None]).squeeze(-1)
-            lw[b, t] = torch.where(inside, kept, torch.full_like(kept, -np.inf))
-        for slot, make in ((Slot.COORD, model.coord_distribution), (Slot.LATTICE, model.lattice_distribution)):
-            b, t = (t_valid & (t_slots == slot)).nonzero(as_tuple=True)
-            if b.numel():
-                lp[b, t] = make(h[b, t], t_ids[b, t]).log_prob(t_vals[b, t]).double()
-        for i in range(B):
+        lp, lw = stream_terms(model, part, structural[k:k + batch_size], allowed[k:k + batch_size])
+        for i in range(len(part)):
             n = len(part[i][0])
             out_p.append(np.concatenate([[0.0], lp[i, :n - 1].numpy()]))
             out_w.append(np.concatenate([[0.0], lw[i, :n - 1].numpy()]))
     return out_p, out_w
+
+
+def stream_terms(model, streams, structural, allowed) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T-1) float64 tensors of ``log_p`` and ``log_w`` for positions 1.. of one batch of streams.
+
+    Differentiable in the model's parameters (used by fine-tuning); 0 on padding.
+    """
+    from ..datamodule import collate
+    from .property import stream_examples
+
+    batch = collate(stream_examples(model.tokenizer, streams), model.tokenizer.pad_id)
+    ids, vals, slots, valid = (batch[key].to(model.device) for key in ("ids", "values", "slots", "mask"))
+    B, T = ids.shape
+    struct = torch.zeros((B, T, model.tokenizer.vocab_size), dtype=torch.bool)
+    allow = torch.zeros_like(struct)
+    for b in range(B):
+        n = len(streams[b][0])
+        struct[b, :n] = torch.from_numpy(structural[b])
+        allow[b, :n] = torch.from_numpy(allowed[b])
+    h, _ = model.hidden(ids, vals, slots)  # (B, T, C)
+    h = h[:, :-1].float()  # (B, T-1, C): position t predicts t + 1
+    t_ids, t_vals, t_slots, t_valid = ids[:, 1:], vals[:, 1:], slots[:, 1:], valid[:, 1:]
+    lp = torch.zeros((B, T - 1), dtype=torch.float64)
+    lw = torch.zeros((B, T - 1), dtype=torch.float64)
+    disc = t_valid & torch.isin(t_slots, torch.tensor(DISCRETE_SLOTS, device=ids.device))
+    b, t = disc.nonzero(as_tuple=True)
+    if b.numel():
+        s_m, a_m = struct[:, 1:][b, t], allow[:, 1:][b, t]  # (n, V)
+        log_q = torch.log_softmax(model.token_head(h[b, t]).float().masked_fill(~s_m, float("-inf")), -1)
+        tok = t_ids[b, t]
+        lp = lp.index_put((b, t), log_q.gather(-1, tok[:, None]).squeeze(-1).double())
+        kept = torch.logsumexp(log_q.masked_fill(~a_m, float("-inf")), -1).double()
+        inside = a_m.gather(-1, tok[:, None]).squeeze(-1)
+        lw = lw.index_put((b, t), torch.where(inside, kept, torch.full_like(kept, -np.inf)))
+    for slot, make in ((Slot.COORD, model.coord_distribution), (Slot.LATTICE, model.lattice_distribution)):
+        b, t = (t_valid & (t_slots == slot)).nonzero(as_tuple=True)
+        if b.numel():
+            lp = lp.index_put((b, t), make(h[b, t], t_ids[b, t]).log_prob(t_vals[b, t]).double())
+    return lp, lw
