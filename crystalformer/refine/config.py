@@ -11,10 +11,12 @@ class NetworkConfig:
     n_layers: int = 3  # message-passing layers
     n_freq: int = 8  # Fourier frequencies k = 1..n_freq of fractional differences (per axis, sin and cos)
     n_sigma_freq: int = 8  # Fourier features of log sigma
+    n_rbf: int = 16  # Gaussian radial features of minimum-image bond lengths, centres 0..rbf_max Å
+    rbf_max: float = 8.0  # Å; beyond it the radial features fade (Fourier features still see the pair)
     max_z: int = 100  # atomic numbers 1..max_z embedded
 
     def __post_init__(self):
-        if min(self.hidden, self.n_layers, self.n_freq, self.n_sigma_freq) < 1:
+        if min(self.hidden, self.n_layers, self.n_freq, self.n_sigma_freq, self.n_rbf) < 1 or self.rbf_max <= 0:
             raise ValueError(f"all network sizes must be >= 1: {self}")
 
 

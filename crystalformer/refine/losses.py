@@ -3,7 +3,7 @@
 DSM (Vincent 2011): E |s(z) - grad_z log N_wrap(z; x0, sigma^2)|^2 / lambda(sigma), where
 lambda(sigma) = E|target|^2 per coordinate is estimated once by Monte Carlo on a log-sigma grid
 (:func:`target_mean_square`) and interpolated; it tends to 1/sigma^2 for small sigma (e.g.
-sigma = 0.005: 4e4) and to ~2.5 for sigma = 0.5 where the wrapped normal flattens out.
+sigma = 0.005: 4e4), to 2.3 at sigma = 0.3 and to 0.004 at sigma = 0.5, where the wrapped normal is nearly flat.
 
 SSM (Song et al. 2019): E_v E_z [ (v.s)^2 / 2 + v . grad_z (v.s) ] with Rademacher v; up to a
 constant it equals the Fisher divergence to the noisy data distribution, so no closed-form target

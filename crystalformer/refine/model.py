@@ -31,20 +31,32 @@ class Refiner(nn.Module):
         return interpolate_log(self.norm_sigma.to(sigma.dtype), self.norm_value.to(sigma.dtype), sigma)
 
     def atom_score(self, batch: RefineBatch, u: torch.Tensor, sigma: torch.Tensor, pairs=None) -> torch.Tensor:
-        """Per-atom fractional scores (N, 3) at free parameters u (S, 3), sigma per crystal (B,)."""
-        return self.network(batch.frac(u), sigma, batch.lattice, batch.species, batch.atom_batch, pairs)
+        """Per-atom fractional scores (N, 3) at free parameters u (S, 3), sigma per crystal (B,).
+
+        The network predicts the normalized score s / sqrt(lambda(sigma)) (unit mean square for
+        every sigma); multiplying by sqrt(lambda) gives the score, ~1/sigma for small sigma.
+        """
+        t = self.network(batch.frac(u), sigma, batch.lattice, batch.species, batch.atom_batch, pairs)  # (N, 3)
+        return t * self.norm(sigma).sqrt()[batch.atom_batch].unsqueeze(-1)
 
     def score(self, batch: RefineBatch, u: torch.Tensor, sigma: torch.Tensor, pairs=None) -> torch.Tensor:
         """Free-parameter scores (S, 3): per-atom scores projected and averaged over each orbit."""
         return batch.project(self.atom_score(batch, u, sigma, pairs))
 
     def loss(self, batch: RefineBatch, generator: torch.Generator | None = None,
-             objective: str | None = None) -> torch.Tensor:
-        """One Monte Carlo estimate of the training objective for a batch (t ~ U(0, 1) per crystal)."""
+             objective: str | None = None, sigma: float | None = None) -> torch.Tensor:
+        """One Monte Carlo estimate of the training objective for a batch.
+
+        t ~ U(0, 1) per crystal (sigma log-uniform on the schedule), or every crystal at ``sigma``
+        when given (validation per noise level). Normalized: a zero score costs 1 at every sigma.
+        """
         objective = objective or self.config.train.objective
         B = batch.num_crystals
-        t = torch.rand(B, generator=generator, dtype=batch.u.dtype, device=batch.u.device)
-        sigma = self.sde.sigma(t)  # (B,)
+        if sigma is None:
+            t = torch.rand(B, generator=generator, dtype=batch.u.dtype, device=batch.u.device)
+            sigma = self.sde.sigma(t)  # (B,)
+        else:
+            sigma = torch.full((B,), float(sigma), dtype=batch.u.dtype, device=batch.u.device)
         sig_rows = sigma[batch.site_batch].unsqueeze(-1)  # (S, 1)
         norm_rows = self.norm(sigma)[batch.site_batch].unsqueeze(-1)  # (S, 1)
         z = batch.noise(sig_rows, generator)
