@@ -50,6 +50,10 @@ def _export_callback(model_dir: Path, meta: dict):
     return ExportBest()
 
 
+def _has_free_params(crystal) -> bool:
+    return any(len(site.params) for site in crystal.sites)
+
+
 def train_refiner(data, out, config: RefinerConfig | None = None, val=None, resume: bool = False,
                   overwrite: bool = False, cache_dir=None, progress: bool = True,
                   checkpoint_every: int = 200) -> RefinerTrainResult:
@@ -99,12 +103,19 @@ def train_refiner(data, out, config: RefinerConfig | None = None, val=None, resu
         n_val = max(1, int(round(cfg.val_fraction * len(crystals))))
         val_crystals = [crystals[i] for i in perm[:n_val]]
         crystals = [crystals[i] for i in perm[n_val:]]
+    # crystals whose sites all sit on fixed Wyckoff positions (e.g. cubic perovskites) have no
+    # free parameter: their DSM terms are empty, so they would only cost network calls
+    n_fixed = sum(not _has_free_params(c) for c in crystals) + sum(not _has_free_params(c) for c in val_crystals)
+    crystals = [c for c in crystals if _has_free_params(c)]
+    val_crystals = [c for c in val_crystals if _has_free_params(c)]
+    if progress and n_fixed:
+        print(f"skipped {n_fixed} crystals without free Wyckoff parameters (nothing to refine)")
     if not crystals or not val_crystals:
         raise ValueError(f"no usable training ({len(crystals)}) or validation ({len(val_crystals)}) crystals "
                          f"in {data} (max_atoms={cfg.max_atoms})")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = RefinerModule(config.to_dict())
-    meta = {"data": data, "val": val, "n_train": len(crystals), "n_val": len(val_crystals),
+    meta = {"data": data, "val": val, "n_train": len(crystals), "n_val": len(val_crystals), "n_fixed_skipped": n_fixed,
             "parameters": sum(p.numel() for p in module.refiner.parameters())}
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, every_n_train_steps=checkpoint_every,
                            save_top_k=0, save_on_train_epoch_end=True)
