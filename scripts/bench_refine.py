@@ -1,41 +1,97 @@
-"""Benchmark the refiner: throughput (crystals/s) of the PC and ODE samplers, and what refinement
-does to validation crystals.
+"""Benchmark the refiner on perturbed validation crystals: collisions, distance to the truth, cost.
 
-- throughput: median over --repeats runs of refine_crystals on --n crystals;
-- collisions: val crystals perturbed on their free parameters with N_wrap(0, sigma^2) noise
-  (default 0.05); fraction with minimum interatomic distance >= 0.5 Å before and after
-  refinement (integration starts at sigma = --sigma from the perturbed crystals, no extra noise),
-  and the fraction matching the original (pymatgen StructureMatcher, default tolerances);
-- stability: unperturbed val crystals refined SDEdit-style (noised to --sigma, then integrated);
-  fraction still matching the original.
+For each --sigma: the first --n crystals of --data that have free Wyckoff parameters (at most
+--max-atoms atoms) are perturbed by wrapped-normal noise N_wrap(0, sigma^2) on their free
+parameters (orbits stay exact; seeded), then refined from there (integration starts at
+sigma_start = sigma, or --sigma-start, without extra noise) by every --config. Reported before
+and after refinement:
 
-Prints a table and writes JSON:
-    python scripts/bench_refine.py --model runs/refiner_mp20/model --data ../shared/data/mp_20/val.csv --json b.json
+- collided: fraction with any interatomic distance < 0.5 Å (the usual "structural validity");
+- rms: mean of pymatgen StructureMatcher(default tolerances).get_rms_dist(truth, crystal)[0]
+  over the crystals it matches (normalized by (V / n)^(1/3), pymatgen's convention), and
+  matched: the fraction it matches at all (an unmatched crystal has no RMS);
+- nfe: network evaluations per crystal (counted; one call scores a whole batch), and
+  ms_per_crystal: wall time of refine_crystals / crystals (at --threads torch threads).
+
+--dsm-sigma S...: also the normalized DSM loss (1 = no better than a zero score) of the chosen
+crystals at each noise level S (mean of --dsm-repeats noise draws, seeded).
+
+Configs are SAMPLER:STEPS[:N_CORRECTOR[:SNR]], e.g. pc:50:1:0.1 or ode:25. Prints a markdown
+table and writes JSON:
+    python scripts/bench_refine.py --model runs/refiner-default/model --data runs/prepared/mp_20-val \
+        --sigma 0.05 0.1 --config pc:50:1:0.1 ode:25 --json bench.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 import warnings
 from pathlib import Path
 
+MIN_DISTANCE = 0.5  # Å
 
-def _valid_fraction(crystals) -> float:
+
+def _collided(crystal) -> bool:
     from crystalformer.sampling.output import structure_checks
 
-    return sum(structure_checks(c)[1]["valid_structure"] for c in crystals) / len(crystals)
+    md = structure_checks(crystal)[1]["min_distance"]
+    return md is None or md < MIN_DISTANCE
 
 
-def _match_fraction(refs, crystals) -> float:
+def _rms(truth, crystals) -> tuple[float | None, float]:
+    """(mean normalized RMS over matched pairs, matched fraction)."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     sm = StructureMatcher()
+    values = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return sum(sm.fit(a.to_structure(), b.to_structure()) for a, b in zip(refs, crystals)) / len(refs)
+        for a, b in zip(truth, crystals):
+            r = sm.get_rms_dist(a.to_structure(), b.to_structure())
+            if r is not None:
+                values.append(float(r[0]))
+    mean = sum(values) / len(values) if values else None
+    return mean, len(values) / len(truth)
+
+
+def _quality(truth, crystals) -> dict:
+    rms, matched = _rms(truth, crystals)
+    return {"collided": sum(map(_collided, crystals)) / len(crystals),
+            "rms": None if rms is None else round(rms, 4), "matched": round(matched, 4)}
+
+
+def _dsm_by_sigma(refiner, crystals, sigmas, repeats: int, batch_size: int, seed: int) -> dict:
+    """Normalized DSM loss per sigma, weighted by free coordinates (as the training loss is per batch)."""
+    import torch
+
+    from crystalformer.refine.symmetry import collate
+
+    out = {}
+    g = torch.Generator().manual_seed(seed)
+    batches = [collate(crystals[lo: lo + batch_size]) for lo in range(0, len(crystals), batch_size)]
+    with torch.no_grad():
+        for sigma in sigmas:
+            total = weight = 0.0
+            for batch in batches:
+                w = float(batch.mask.sum())
+                for _ in range(repeats):
+                    total += refiner.loss(batch, g, "dsm", sigma=sigma).item() * w
+                    weight += w
+            out[sigma] = round(total / weight, 4)
+    return out
+
+
+def _parse_config(text: str) -> dict:
+    parts = text.split(":")
+    if parts[0] not in ("pc", "ode") or len(parts) < 2:
+        raise SystemExit(f"--config {text!r}: expected pc:STEPS[:N_CORRECTOR[:SNR]] or ode:STEPS")
+    cfg = {"sampler": parts[0], "n_steps": int(parts[1])}
+    if parts[0] == "pc":
+        cfg["n_corrector"] = int(parts[2]) if len(parts) > 2 else 1
+        cfg["snr"] = float(parts[3]) if len(parts) > 3 else 0.1
+    return cfg
 
 
 def main(argv=None) -> int:
@@ -49,54 +105,65 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="validation CSV / CIF / prepared dir")
-    p.add_argument("--n", type=int, default=200, help="crystals (the first n with at most --max-atoms atoms)")
+    p.add_argument("--n", type=int, default=200, help="crystals (the first n with free parameters)")
     p.add_argument("--max-atoms", type=int, default=80)
-    p.add_argument("--sigma", type=float, default=0.05)
-    p.add_argument("--pc-steps", type=int, default=50)
-    p.add_argument("--ode-steps", type=int, default=25)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--sigma", type=float, nargs="+", default=[0.05, 0.1], help="perturbation levels")
+    p.add_argument("--sigma-start", type=float, help="integration start (default: the perturbation sigma)")
+    p.add_argument("--config", nargs="+", default=["pc:50:1:0.1", "ode:25"], help="SAMPLER:STEPS[:NC[:SNR]]")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--dsm-sigma", type=float, nargs="*", default=[], help="report DSM loss at these sigmas")
+    p.add_argument("--dsm-repeats", type=int, default=4)
+    p.add_argument("--no-refine", action="store_true", help="only the DSM losses")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     refiner = load_refiner(args.model)
-    crystals = load_crystals([args.data], max_atoms=args.max_atoms)[: args.n]
-    kw = dict(sigma_start=args.sigma, batch_size=args.batch_size)
+    calls = {"n": 0}
+    score = refiner.score
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return score(*a, **k)
+
+    refiner.score = counted  # instance attribute: refine_crystals calls refiner.score
+    crystals = [c for c in load_crystals([args.data], max_atoms=args.max_atoms)
+                if any(len(s.params) for s in c.sites)][: args.n]
+    n_batches = -(-len(crystals) // args.batch_size)
+    dsm = _dsm_by_sigma(refiner, crystals, args.dsm_sigma, args.dsm_repeats, args.batch_size, args.seed)
+    if dsm:
+        print("| sigma | normalized DSM |\n|---|---|")
+        for sigma, value in dsm.items():
+            print(f"| {sigma:g} | {value:.3f} |")
     rows = []
-    for sampler, steps, calls in (("pc", args.pc_steps, 2 * args.pc_steps), ("ode", args.ode_steps, 2 * args.ode_steps)):
-        times = []
-        for r in range(args.repeats):
+    for sigma in [] if args.no_refine else args.sigma:
+        batch = collate(crystals)
+        g = torch.Generator().manual_seed(args.seed)
+        noisy = crystals_from_u(crystals, batch.noise(torch.full_like(batch.u[:, :1], sigma), g))
+        before = _quality(crystals, noisy)
+        rows.append({"sigma": sigma, "config": "perturbed (before)", "nfe": 0, "ms_per_crystal": 0.0, **before})
+        print(rows[-1], flush=True)
+        for text in args.config:
+            cfg = _parse_config(text)
+            start = args.sigma_start or sigma
+            calls["n"] = 0
             t0 = time.perf_counter()
-            refine_crystals(refiner, crystals, sampler=sampler, n_steps=steps, seed=r, **kw)
-            times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
-        rows.append({"sampler": sampler, "steps": steps, "network_calls": calls, "crystals": len(crystals),
-                     "median_s": round(med, 3), "crystals_per_s": round(len(crystals) / med, 2)})
-    # perturbed val crystals: noise on the free parameters (orbits stay exact)
-    batch = collate(crystals)
-    g = torch.Generator().manual_seed(123)
-    noisy = crystals_from_u(crystals, batch.noise(torch.full_like(batch.u[:, :1], args.sigma), g))
-    quality = {"n": len(crystals), "sigma": args.sigma,
-               "valid_original": _valid_fraction(crystals), "valid_perturbed": _valid_fraction(noisy),
-               "match_perturbed": _match_fraction(crystals, noisy)}
-    for sampler, steps in (("pc", args.pc_steps), ("ode", args.ode_steps)):
-        fixed = refine_crystals(refiner, noisy, sampler=sampler, n_steps=steps, seed=7, noise=False, **kw)
-        quality[f"valid_refined_{sampler}"] = _valid_fraction(fixed)
-        quality[f"match_refined_{sampler}"] = _match_fraction(crystals, fixed)
-        kept = refine_crystals(refiner, crystals, sampler=sampler, n_steps=steps, seed=8, **kw)
-        quality[f"match_unperturbed_refined_{sampler}"] = _match_fraction(crystals, kept)
-        quality[f"valid_unperturbed_refined_{sampler}"] = _valid_fraction(kept)
-    print("| sampler | steps | network calls | crystals | median s | crystals/s |\n|---|---|---|---|---|---|")
+            fixed = refine_crystals(refiner, noisy, sigma_start=start, noise=False, seed=7,
+                                    batch_size=args.batch_size, **cfg)
+            wall = time.perf_counter() - t0
+            rows.append({"sigma": sigma, "config": f"{text} from {start:g}", "nfe": calls["n"] / n_batches,
+                         "ms_per_crystal": round(1e3 * wall / len(crystals), 1), **_quality(crystals, fixed)})
+            print(rows[-1], flush=True)
+    print(f"\n{len(crystals)} crystals of {args.data}, {args.threads} thread(s)\n")
+    print("| sigma | refinement | collided (<0.5 Å) | mean RMS (matched) | matched | NFE/crystal | ms/crystal |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['sampler']} | {r['steps']} | {r['network_calls']} | {r['crystals']} | {r['median_s']} "
-              f"| {r['crystals_per_s']} |")
-    print("\n| quantity | value |\n|---|---|")
-    for k, v in quality.items():
-        print(f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |")
+        print(f"| {r['sigma']} | {r['config']} | {r['collided']:.3f} | {r['rms']} | {r['matched']:.3f} "
+              f"| {r['nfe']:g} | {r['ms_per_crystal']} |")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "throughput": rows,
-                                         "quality": quality}, indent=2))
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                         "n": len(crystals), "dsm": dsm, "rows": rows}, indent=2))
     return 0
 
 
