@@ -74,6 +74,19 @@ def constraints(task: str, prepared: Path):
     return (sorted(sgs) if task == "perov_5" else None), sorted(els)
 
 
+def validity(crystals) -> dict:
+    """Fractions that are structurally valid (distances >= 0.5 Å, volume >= 0.1 Å^3) and SMACT-valid."""
+    from crystalformer.evaluation.validity import smact_validity
+    from crystalformer.sampling.output import structure_checks
+
+    struct, comp = [], []
+    for c in crystals:
+        structure, flags = structure_checks(c)
+        struct.append(flags["valid_structure"])
+        comp.append(structure is not None and smact_validity(structure))
+    return {"valid_structure": float(np.mean(struct)), "valid_composition": float(np.mean(comp))}
+
+
 def judge_streams(judge, ids, values):
     return judge.predict_streams(list(zip(ids, values)))
 
@@ -103,13 +116,14 @@ def run_task(task, spec, prior, prepared, work, n, steps, seed, moves):
     ok = [s for s in prior_samples.samples if s.crystal is not None]
     unguided = judge_streams(judge, [s.ids for s in ok], [s.values for s in ok])
     row["unguided"] = {**sr(unguided), "wall_s": round(time.time() - t0, 1), "n": len(ok),
-                       "judge_mean": float(unguided.mean())}
+                       "judge_mean": float(unguided.mean()), **validity([s.crystal for s in ok])}
     res = design(prior, [guide], f"{target}=min", n=n, steps=steps, space_groups=sgs, elements=els, seed=seed,
                  moves=moves, progress=True)
     guided = judge_streams(judge, [s.ids for s in res.samples], [s.values for s in res.samples])
     row["guided_min"] = {**sr(guided), "wall_s": round(res.wall_s, 1), "acceptance": res.summary()["acceptance"],
                          "guide_mean": float(res.predictions[target].mean()), "judge_mean": float(guided.mean()),
-                         "five_atom_fraction": float(np.mean([s.crystal.num_atoms == 5 for s in res.samples]))}
+                         "five_atom_fraction": float(np.mean([s.crystal.num_atoms == 5 for s in res.samples])),
+                         **validity([s.crystal for s in res.samples])}
     value, tol = round(q[20], 3), spec["tol"]
     spec_text = f"{target}={value}+-{tol}"
     try:
@@ -122,7 +136,8 @@ def run_task(task, spec, prior, prepared, work, n, steps, seed, moves):
                            "guided_within_tol_judge": float(np.mean(np.abs(guided_v - value) <= tol)),
                            "guided_within_tol_guide": float(res_v.satisfied.mean()),
                            "unguided_within_tol_judge": float(np.mean(np.abs(unguided - value) <= tol)),
-                           "wall_s": round(res_v.wall_s, 1), "acceptance": res_v.summary()["acceptance"]}
+                           "wall_s": round(res_v.wall_s, 1), "acceptance": res_v.summary()["acceptance"],
+                           **validity([s.crystal for s in res_v.samples])}
     return row
 
 
@@ -158,13 +173,15 @@ def main() -> None:
             g = r[role]
             print(f"{r['task']:<8} {role:<6} {g['val_mae']:>8.4f} {g['mean_baseline_mae']:>9.4f} "
                   f"{g['coverage_1sigma']:>6.3f} {g['coverage_2sigma']:>6.3f}")
-    print(f"\n{'task':<8} {'run':<9} {'SR5':>6} {'SR10':>6} {'SR15':>6} {'accept':>7} {'wall s':>7}")
+    print(f"\n{'task':<8} {'run':<10} {'SR5':>6} {'SR10':>6} {'SR15':>6} {'accept':>7} {'struct':>7} {'comp':>6} "
+          f"{'wall s':>7}")
     for r in rows:
         for name in ("unguided", "guided_min"):
             g = r[name]
             acc = g.get("acceptance", {}).get("all") if name == "guided_min" else None
-            print(f"{r['task']:<8} {name:<9} {g['SR5']:>6.3f} {g['SR10']:>6.3f} {g['SR15']:>6.3f} "
-                  f"{'' if acc is None else f'{acc:.3f}':>7} {g['wall_s']:>7.1f}")
+            print(f"{r['task']:<8} {name:<10} {g['SR5']:>6.3f} {g['SR10']:>6.3f} {g['SR15']:>6.3f} "
+                  f"{'' if acc is None else f'{acc:.3f}':>7} {g['valid_structure']:>7.2f} {g['valid_composition']:>6.2f} "
+                  f"{g['wall_s']:>7.1f}")
     print(f"\n{'task':<8} {'target':<40} {'guided':>7} {'unguided':>9} {'accept':>7}")
     for r in rows:
         t = r["target_value"]
