@@ -68,12 +68,13 @@ def cif_text(crystal) -> str:
     return str(CifWriter(crystal.to_structure()))
 
 
-def refine(refiner, crystals: list, sigma_start: float, seed: int) -> tuple[list, float]:
+def refine(refiner, crystals: list, args) -> tuple[list, float]:
     from crystalformer.refine.api import refine_crystals
 
     t0 = time.perf_counter()
     ok = [i for i, c in enumerate(crystals) if c is not None]
-    refined = refine_crystals(refiner, [crystals[i] for i in ok], sigma_start=sigma_start, seed=seed)
+    refined = refine_crystals(refiner, [crystals[i] for i in ok], sigma_start=args.sigma_start, seed=args.seed,
+                              sampler=args.sampler, n_steps=args.n_steps, noise=args.sampler == "pc")
     out = list(crystals)
     for i, c in zip(ok, refined):
         out[i] = c
@@ -102,7 +103,7 @@ def generation(model, name: str, data: Path, args, refiner, out: Path) -> dict:
     timing = {"decode_s": round(t_decode, 2), "end_to_end_s": round(t_total, 2),
               "end_to_end_crystals_per_s": round(args.n_gen / t_total, 2)}
     if refiner is not None:
-        variants["refined"], t_ref = refine(refiner, crystals, args.sigma_start, args.seed)
+        variants["refined"], t_ref = refine(refiner, crystals, args)
         timing["refine_s"] = round(t_ref, 2)
         timing["refine_crystals_per_s"] = round(sum(c is not None for c in crystals) / t_ref, 2)
     metrics = {}
@@ -143,7 +144,7 @@ def csp(model, name: str, data: Path, args, refiner) -> dict:
     variants = {"raw": [c for _, _, c in preds]}
     timing = {"csp_s": round(wall, 2), "targets_per_s": round(len(pick) / wall, 3)}
     if refiner is not None:
-        variants["refined"], t_ref = refine(refiner, variants["raw"], args.sigma_start, args.seed)
+        variants["refined"], t_ref = refine(refiner, variants["raw"], args)
         timing["refine_s"] = round(t_ref, 2)
     metrics = {}
     for variant, cs in variants.items():
@@ -195,6 +196,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--max-reference", type=int, default=1000, help="val structures used for coverage")
     parser.add_argument("--sigma-start", type=float, default=0.05)
+    parser.add_argument("--sampler", choices=("pc", "ode"), default="ode",
+                        help="refinement sampler (ode: deterministic from the crystal itself, no added noise)")
+    parser.add_argument("--n-steps", type=int, default=10, help="refinement steps")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch threads")

@@ -32,6 +32,12 @@ def test_wheel_contains_tables_and_console_script(wheel):
     assert "crystalformer/_wyckoff_tables/wyckoff.json" in names
     assert "crystalformer/symmetry/tables.py" in names
     assert "crystalformer = crystalformer.cli:main" in scripts
+    for kind in ("model", "refiner"):
+        for f in ("config.json", "model.safetensors"):
+            assert f"crystalformer/_default/{kind}/{f}" in names, (kind, f)
+    assert "crystalformer/_default/MODEL_CARD.md" in names
+    assert any(n.startswith("crystalformer/_default/property/") and n.endswith("config.json") for n in names)
+    assert sum(zf.getinfo(n).file_size for n in names if "/_default/" in n) < 50e6  # tens of MB at most
 
 
 def test_wheel_works_outside_source_tree(wheel, tmp_path):
@@ -51,3 +57,19 @@ def test_wheel_works_outside_source_tree(wheel, tmp_path):
     assert Path(module_file).is_relative_to(site)
     assert Path(table_file).is_relative_to(site)
     assert line == "Fd-3m 1/8,1/8,1/8"
+
+
+def test_wheel_default_model_samples_outside_source_tree(wheel, tmp_path):
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(site)
+    code = ("import torch; torch.set_num_threads(1); import crystalformer;"
+            "from crystalformer.sampling.api import sample;"
+            "m = crystalformer.load_model(); r = sample(m, 4, seed=0);"
+            "print(len(r.crystals), m.num_parameters())")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(site)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    decoded, params = map(int, proc.stdout.split())
+    assert decoded >= 1 and params > 100_000
