@@ -21,16 +21,20 @@ from .symmetry import collate, crystals_from_u
 
 @torch.no_grad()
 def refine_crystals(refiner: Refiner | str | Path, crystals: list[Crystal], sigma_start: float = 0.05,
-                    n_steps: int = 50, sampler: str = "pc", n_corrector: int = 1, snr: float = 0.1,
+                    n_steps: int = 10, sampler: str = "ode", n_corrector: int = 1, snr: float = 0.1,
                     batch_size: int = 64, seed: int = 0, device: str | torch.device = "cpu",
-                    noise: bool = True) -> list[Crystal]:
+                    noise: bool | None = None) -> list[Crystal]:
     """Refined copies of ``crystals`` (same order).
 
     sigma_start: noise level the crystals are raised to first (0.05-0.1: large enough to undo
     collisions of ~0.2 Å in a 5 Å cell, small enough to keep what the generator got right).
     sampler: "pc" (Euler-Maruyama + ``n_corrector`` Langevin steps of size 2 (snr sigma)^2; about
     (1 + n_corrector) n_steps network calls) or "ode" (Heun, 2 n_steps calls, deterministic given
-    the start). noise=False starts the integration from the crystals themselves.
+    the start). noise: raise the crystals to ``sigma_start`` with fresh noise first (default: True
+    for "pc", False for "ode", which then integrates from the crystals themselves). The default,
+    ode with 10 steps from the crystal, removed about as many collisions as pc with 50 steps and 1
+    corrector on perturbed mp_20 crystals, matched the truth more often, at a fifth of the cost
+    (scripts/bench_refine.py).
     """
     if isinstance(refiner, (str, Path)):
         from .io import load_refiner
@@ -38,6 +42,8 @@ def refine_crystals(refiner: Refiner | str | Path, crystals: list[Crystal], sigm
         refiner = load_refiner(refiner, device)
     if sampler not in ("pc", "ode"):
         raise ValueError(f"sampler must be 'pc' or 'ode', got {sampler!r}")
+    if noise is None:
+        noise = sampler == "pc"
     sde = refiner.sde
     t_start = sde.t_of_sigma(sigma_start)
     refiner = refiner.to(device).eval()

@@ -98,17 +98,20 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_train_refiner)
 
     p = sub.add_parser("refine", help="refine atomic positions of crystals with a trained refiner",
-                       description="Noise each crystal's free Wyckoff parameters to --sigma-start and integrate "
-                                   "the reverse SDE (pc) or probability-flow ODE (ode) to sigma_min. Space group, "
-                                   "Wyckoff letters, elements and lattice are kept.")
+                       description="Treat each crystal's free Wyckoff parameters as a sample at noise level "
+                                   "--sigma-start and integrate the probability-flow ODE (ode, default) to sigma_min; "
+                                   "or re-noise them to --sigma-start and integrate the reverse SDE with Langevin "
+                                   "corrector steps (pc). Space group, Wyckoff letters, elements and lattice are kept.")
     p.add_argument("--model", type=Path, metavar="REFINER",
                    help="refiner model directory (default: the refiner shipped with the package)")
     p.add_argument("--input", type=Path, required=True, metavar="PATH",
                    help="folder of CIF files, a CIF file, or a samples.json (or a folder holding one)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (CIFs + samples.json)")
-    p.add_argument("--sampler", choices=("pc", "ode"), default="pc", help="predictor-corrector or ODE (default pc)")
+    p.add_argument("--sampler", choices=("pc", "ode"), default="ode",
+                   help="probability-flow ODE from the crystal itself (default) or predictor-corrector from the "
+                        "crystal re-noised to --sigma-start (SDEdit)")
     p.add_argument("--sigma-start", type=float, default=0.05, help="starting noise level (default 0.05)")
-    p.add_argument("--n-steps", type=int, default=50, help="sampler steps (default 50)")
+    p.add_argument("--n-steps", type=int, default=10, help="sampler steps (default 10)")
     p.add_argument("--n-corrector", type=int, default=1, help="Langevin corrector steps per step (pc; default 1)")
     p.add_argument("--snr", type=float, default=0.1, help="corrector step size: eps = 2 (snr sigma)^2 (default 0.1)")
     p.add_argument("--batch-size", type=int, default=64, help="crystals per batch (default 64)")
