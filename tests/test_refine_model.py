@@ -157,6 +157,14 @@ def test_save_load_identical(tmp_path, crystals, tiny_refiner):
     assert json.loads((tmp_path / "m" / "config.json").read_text())["network"]["hidden"] == 16
     with pytest.raises(FileNotFoundError, match="not a refiner model directory"):
         load_refiner(tmp_path)
+    cfg = tmp_path / "m" / "config.json"
+    old = json.loads(cfg.read_text())
+    cfg.write_text(json.dumps({**old, "format": "crystalformer-refiner/1"}))
+    with pytest.raises(ValueError, match="format 1.*retrain"):
+        load_refiner(tmp_path / "m")
+    cfg.write_text(json.dumps({**old, "format": "crystalformer/1"}))
+    with pytest.raises(ValueError, match="not a refiner config"):
+        load_refiner(tmp_path / "m")
 
 
 def test_config_presets_and_overrides():

@@ -10,7 +10,7 @@ from ..atomic import swap_into_place, temporary_sibling
 from .config import RefinerConfig
 from .model import Refiner
 
-FORMAT = "crystalformer-refiner/1"
+FORMAT = "crystalformer-refiner/2"  # 2: the network predicts the normalized score (bond features, pair forces)
 
 
 def save_refiner(refiner: Refiner, path, metadata: dict | None = None) -> Path:
@@ -36,8 +36,12 @@ def load_refiner(path, device="cpu") -> Refiner:
     if not cfg_file.is_file() or not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"{path} is not a refiner model directory (needs config.json and model.safetensors)")
     raw = json.loads(cfg_file.read_text())
-    if raw.pop("format", None) != FORMAT:
-        raise ValueError(f"{cfg_file}: not a refiner config (expected format {FORMAT!r})")
+    found = raw.pop("format", None)
+    if found == "crystalformer-refiner/1":
+        raise ValueError(f"{cfg_file}: a refiner of format 1, written before the score network changed "
+                         f"(format 2 predicts the normalized score); retrain it with `crystalformer train-refiner`")
+    if found != FORMAT:
+        raise ValueError(f"{cfg_file}: not a refiner config (format {found!r}, expected {FORMAT!r})")
     refiner = Refiner(RefinerConfig.from_dict(raw))
     refiner.load_state_dict(load_file(str(path / "model.safetensors")))
     return refiner.to(device).eval()
