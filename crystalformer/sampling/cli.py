@@ -34,13 +34,15 @@ def _symbols(text: str | None) -> list[str] | None:
 
 
 def _print_table(samples, limit: int = 12) -> None:
-    print(f"{'#':>3}  {'space group':>11}  {'formula':<16} {'atoms':>5}  {'log p':>9}  wyckoff")
-    for i, s in enumerate(samples[:limit]):
+    shown = samples[:limit]
+    width = max([16] + [len(s.crystal.formula) for s in shown if s.crystal is not None])
+    print(f"{'#':>3}  {'space group':>11}  {'formula':<{width}} {'atoms':>5}  {'log p':>9}  wyckoff")
+    for i, s in enumerate(shown):
         c = s.crystal
         if c is None:
-            print(f"{i:>3}  {'-':>11}  {'(not decoded)':<16} {'-':>5}  {s.log_likelihood:>9.2f}  {s.error}")
+            print(f"{i:>3}  {'-':>11}  {'(not decoded)':<{width}} {'-':>5}  {s.log_likelihood:>9.2f}  {s.error}")
         else:
-            print(f"{i:>3}  {c.space_group:>11}  {c.formula:<16} {c.num_atoms:>5}  {s.log_likelihood:>9.2f}  "
+            print(f"{i:>3}  {c.space_group:>11}  {c.formula:<{width}} {c.num_atoms:>5}  {s.log_likelihood:>9.2f}  "
                   f"{c.wyckoff_sequence}")
     if len(samples) > limit:
         print(f"... {len(samples) - limit} more in samples.json")
