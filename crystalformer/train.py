@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import lightning as L
 import torch
 
 from .config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
+from .hardware import describe
 
 RUN_FILE = "run.json"
 
@@ -160,7 +160,7 @@ def train(data, out, model_config: ModelConfig | None = None, train_config: Trai
     (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
     metadata = {"data": data, "val": val or f"{val_fraction:.0%} of the training crystals held out",
                 "num_train": len(dm.train_set), "num_val": 0 if dm.val_set is None else len(dm.val_set),
-                "train_config": config_to_dict(train_config), "hardware": _hardware()}
+                "train_config": config_to_dict(train_config), "hardware": describe()}
     clock = WallClock()
     export = ExportBest(out / "model", metadata, clock)
     checkpoints = [ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_last=False,
@@ -207,9 +207,3 @@ def _fit_to_data(config: ModelConfig, dm, tokenizer) -> ModelConfig:
         raise ValueError(f"the longest token stream in the data (with its prompt) has {longest} tokens, more than "
                          f"max_len={config.max_len}; raise max_len or drop the largest crystals")
     return dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
-
-
-def _hardware() -> dict:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": platform.processor() or platform.machine(), "gpu": gpu, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -22,21 +20,10 @@ from importlib import metadata
 from pathlib import Path
 
 from crystalformer.data import PrepareConfig, prepare
+from crystalformer.hardware import describe
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp_20" / "val.csv"
 PACKAGES = ("crystalformer", "numpy", "spglib", "pymatgen", "pyxtal", "tokenizers", "safetensors", "torch")
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable, "platform": platform.platform(),
-            "python": platform.python_version()}
 
 
 def versions() -> dict:
@@ -84,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"CSV not found: {args.csv}")
 
     info = {"csv": str(args.csv), "repeats": args.repeats, "chunk_size": args.chunk_size,
-            "machine": machine(), "versions": versions(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "machine": describe(), "versions": versions(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     results = [bench(args.csv, w, args.repeats, args.chunk_size) for w in args.workers]
     m = info["machine"]
     print(f"{args.csv} | {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable) | Python {m['python']}")

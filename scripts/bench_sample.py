@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+
+from crystalformer.hardware import label as machine_label
 
 
 def bench(model, label: str, batch: int, repeats: int, seed: int = 0, no_cache: bool = True) -> dict:
@@ -87,8 +88,7 @@ def main(argv=None) -> int:
         model = model.to(args.device).eval()
         for batch in args.batch_sizes:
             rows.append(bench(model, label, batch, args.repeats, no_cache=batch <= args.no_cache_max_batch))
-    machine = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else \
-        f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    machine = machine_label(args.device)
     print(f"sampling throughput on {machine}, median of {args.repeats} runs")
     print(f"{'model':28} {'batch':>6} {'tokens':>7} {'decode':>9} {'no cache':>9} {'structure':>10} {'CIF':>8} "
           f"{'end-to-end':>11}   (crystals/s)")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+
+from crystalformer.hardware import label as machine_label
 
 
 def _batches(dataset, batch_size: int, n: int, grammar):
@@ -94,8 +95,7 @@ def main(argv=None) -> int:
     dirs = as_prepared([args.data], default_cache_dir(), PrepareConfig(), progress=False)
     dataset = CrystalDataset(dirs, prompt_fraction=0.5, seed=0)
     rows = [bench(p, dataset, args.batch_size, args.steps, args.repeats, args.device) for p in args.presets]
-    machine = torch.cuda.get_device_name(0) if args.device == "cuda" else \
-        f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    machine = machine_label(args.device)
     print(f"training throughput on {machine}, data {args.data} ({len(dataset)} crystals), "
           f"median of {args.repeats} x {args.steps} steps")
     print(f"{'preset':8} {'params':>10} {'batch':>6} {'tokens/s':>10} {'crystals/s':>11} {'collate cr/s':>13}")
