@@ -31,10 +31,7 @@ def default_dir(kind: str, name: str | None = None) -> Path:
         hint = {"model": "--model DIR (or load_model(DIR)), trained with `crystalformer train`",
                 "refiner": "--refine DIR, trained with `crystalformer train-refiner`",
                 "property": "--property DIR, trained with `crystalformer train-property`"}[kind]
-        have = ""
-        if kind == "property" and name and (ROOT / kind).is_dir():
-            names = sorted(p.name for p in (ROOT / kind).iterdir() if (p / "config.json").is_file())
-            have = f" (shipped property models: {', '.join(names) or 'none'})"
+        have = f" (shipped property models: {', '.join(shipped(kind)) or 'none'})" if kind == "property" and name else ""
         raise FileNotFoundError(f"no default {what} is installed at {path}{have}; pass {hint}")
     return path
 

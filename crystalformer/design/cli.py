@@ -40,6 +40,22 @@ def cmd_train_property(args) -> int:
     return 0
 
 
+def _property_paths(args, targets) -> list[Path]:
+    """--property directories, or the shipped property model of each target's name."""
+    if args.property:
+        return list(args.property)
+    from ..defaults import default_dir
+
+    return [default_dir("property", t.name) for t in targets]
+
+
+def _constraints(args) -> tuple[list[int] | None, list[str] | None]:
+    """(space groups, elements) from repeatable, comma-separated --space-group / --elements."""
+    space_groups = None if not args.space_group else [int(s) for part in args.space_group for s in part.split(",") if s]
+    elements = None if not args.elements else [e for part in args.elements for e in part.split(",") if e]
+    return space_groups, elements
+
+
 def cmd_design(args) -> int:
     from ..model import load_model
     from ..sampling.output import check_output_dir
@@ -52,17 +68,11 @@ def cmd_design(args) -> int:
     check_output_dir(args.out, args.overwrite)  # refuse before the work, not after
     if args.n < 1 or args.steps < 0:
         raise UsageError(f"--n must be >= 1 and --steps >= 0 (got {args.n}, {args.steps})")
-    if args.property:
-        paths = list(args.property)
-    else:
-        from ..defaults import default_dir
-
-        paths = [default_dir("property", t.name) for t in targets]
+    paths = _property_paths(args, targets)
     models = [load_property_model(p) for p in paths]
     prior = load_model(args.model)
     moves = MoveConfig(*args.moves) if args.moves else MoveConfig()
-    elements = None if not args.elements else [e for part in args.elements for e in part.split(",") if e]
-    space_groups = None if not args.space_group else [int(s) for part in args.space_group for s in part.split(",") if s]
+    space_groups, elements = _constraints(args)
     meta = {"model": str(args.model or "default"), "property": [str(p) for p in paths]}
     try:
         result = design(prior, models, targets, n=args.n, steps=args.steps, moves=moves, beta=args.beta,
@@ -84,25 +94,20 @@ def cmd_design(args) -> int:
 
 def cmd_finetune(args) -> int:
     from ..model import load_model
+    from ..sampling.output import check_output_dir
     from .api import target_likelihood
     from .finetune import FinetuneConfig, finetune
     from .property import load_property_model
     from .targets import parse_targets
 
     targets = parse_targets(args.target)
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise UsageError(f"{args.out} is not empty; pass --overwrite to replace it")
-    paths = list(args.property) if args.property else None
-    if paths is None:
-        from ..defaults import default_dir
-
-        paths = [default_dir("property", t.name) for t in targets]
+    check_output_dir(args.out, args.overwrite)  # refuse before the work, not after
+    paths = _property_paths(args, targets)
     config = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
                             seed=args.seed, trainable=args.trainable)
     resolved, _, _, reward = target_likelihood([load_property_model(p) for p in paths], targets)
     prior = load_model(args.model)
-    elements = None if not args.elements else [e for part in args.elements for e in part.split(",") if e]
-    space_groups = None if not args.space_group else [int(s) for part in args.space_group for s in part.split(",") if s]
+    space_groups, elements = _constraints(args)
     result = finetune(prior, reward, config, space_groups, elements, progress=not args.quiet)
     from dataclasses import asdict
 
@@ -114,6 +119,18 @@ def cmd_finetune(args) -> int:
         print(f"fine-tuned {len(h)} steps ({result.wall_s:.0f} s): mean reward {h[0]['reward']:.3f} -> "
               f"{h[-1]['reward']:.3f}, KL to the prior {h[-1]['kl_to_prior']:.2f} nats; model in {args.out}")
     return 0
+
+
+def _prior_and_targets(p) -> None:
+    """Options shared by design and finetune: the prior, the property models, the targets, constraints."""
+    p.add_argument("--model", type=Path, help="prior model directory (default: the shipped model)")
+    p.add_argument("--property", action="append", type=Path, metavar="DIR",
+                   help="property model directory (repeatable, one per target; default: the shipped ones)")
+    p.add_argument("--target", action="append", required=True, metavar="SPEC",
+                   help="band_gap=3.0+-0.2, heat_ref=min, formation_energy_per_atom=min@0.05, band_gap>2 ... "
+                        "(comma-separated or repeated)")
+    p.add_argument("--space-group", action="append", metavar="N[,N...]", help="allowed space groups")
+    p.add_argument("--elements", action="append", metavar="EL[,EL...]", help="allowed elements (all sites)")
 
 
 def add_parsers(sub) -> None:
@@ -140,16 +157,9 @@ def add_parsers(sub) -> None:
                                    "suffix resampling, element infill), accepted on the property likelihood. "
                                    "Writes CIFs and a ranked samples.json with predicted properties and "
                                    "acceptance statistics.")
-    p.add_argument("--model", type=Path, help="prior model directory (default: the shipped model)")
-    p.add_argument("--property", action="append", type=Path, metavar="DIR",
-                   help="property model directory (repeatable, one per target; default: the shipped ones)")
-    p.add_argument("--target", action="append", required=True, metavar="SPEC",
-                   help="band_gap=3.0+-0.2, heat_ref=min, formation_energy_per_atom=min@0.05, band_gap>2 ... "
-                        "(comma-separated or repeated)")
+    _prior_and_targets(p)
     p.add_argument("--n", type=int, default=100, help="chains = designed crystals (default 100)")
     p.add_argument("--steps", type=int, default=100, help="Metropolis-Hastings steps per chain (default 100)")
-    p.add_argument("--space-group", action="append", metavar="N[,N...]", help="allowed space groups")
-    p.add_argument("--elements", action="append", metavar="EL[,EL...]", help="allowed elements (all sites)")
     p.add_argument("--moves", type=float, nargs=3, metavar=("INDEPENDENT", "SUFFIX", "ELEMENT"),
                    help="move probabilities (default 0.2 0.6 0.2)")
     p.add_argument("--beta", type=float, default=1.0, help="final inverse temperature on the likelihood (default 1)")
@@ -165,17 +175,13 @@ def add_parsers(sub) -> None:
                        description="Minimises KL(p_theta || p0 exp(reward / T)) with reward = the targets' "
                                    "log-likelihood, by score-function gradients with a leave-one-out baseline. "
                                    "Writes a model directory usable by sample and design.")
-    p.add_argument("--model", type=Path, help="prior model directory (default: the shipped model)")
-    p.add_argument("--property", action="append", type=Path, metavar="DIR", help="property model directory (repeatable)")
-    p.add_argument("--target", action="append", required=True, metavar="SPEC", help="as for design")
+    _prior_and_targets(p)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--temperature", type=float, default=1.0, help="T: reward / T (default 1)")
     p.add_argument("--trainable", choices=("token_head", "all"), default="token_head",
                    help="train only the discrete-choice head (default; stable) or every parameter")
-    p.add_argument("--space-group", action="append", metavar="N[,N...]", help="allowed space groups")
-    p.add_argument("--elements", action="append", metavar="EL[,EL...]", help="allowed elements (all sites)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="model directory to write")
     p.add_argument("--overwrite", action="store_true")
