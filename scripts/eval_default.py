@@ -19,115 +19,107 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
+
+from crystalformer.hardware import describe
 
 DATASETS = ("perov_5", "carbon_24", "mp_20")
 
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "torch": torch.__version__}
+def conditions(name: str, train_csv: Path) -> dict:
+    """Sampling constraints that define data set ``name`` for a model trained on all of them.
 
-
-def conditions(name: str, train_csv: Path, rows: int = 1000) -> dict:
-    """Sampling constraints that define data set ``name`` for a model trained on all of them."""
+    perov_5: the space groups and elements of every train crystal (rows that fail the symmetry
+    analysis are counted in ``skipped``, never dropped silently).
+    """
     if name == "carbon_24":
         return {"elements": ["C"]}
     if name != "perov_5":
         return {}
     from crystalformer.crystal import Crystal
+    from crystalformer.errors import CrystalError
     from crystalformer.io import read_csv_records, structure_from_cif
 
-    groups, elements = set(), set()
-    for k, rec in enumerate(read_csv_records(train_csv)):
-        if k >= rows:
-            break
-        c = Crystal.from_structure(structure_from_cif(rec.cif, rec.material_id))
+    groups, elements, skipped = set(), set(), 0
+    for rec in read_csv_records(train_csv):
+        try:
+            c = Crystal.from_structure(structure_from_cif(rec.cif, rec.material_id))
+        except (CrystalError, ValueError):
+            skipped += 1
+            continue
         groups.add(c.space_group)
         elements |= {s.element for s in c.sites}
+    if skipped:
+        print(f"{train_csv}: {skipped} rows skipped when collecting the perov_5 conditions")
     return {"space_groups": sorted(groups), "elements": sorted(elements)}
 
 
-def cif_text(crystal) -> str:
-    from pymatgen.io.cif import CifWriter
+def refine(refiner, samples: list, args) -> tuple[list, float]:
+    """Refined copies of ``samples`` (Sample objects; those without a crystal stay as they are)."""
+    from dataclasses import replace
 
-    return str(CifWriter(crystal.to_structure()))
-
-
-def refine(refiner, crystals: list, args) -> tuple[list, float]:
     from crystalformer.refine.api import refine_crystals
 
     t0 = time.perf_counter()
-    ok = [i for i, c in enumerate(crystals) if c is not None]
-    refined = refine_crystals(refiner, [crystals[i] for i in ok], sigma_start=args.sigma_start, seed=args.seed,
+    ok = [i for i, s in enumerate(samples) if s.crystal is not None]
+    refined = refine_crystals(refiner, [samples[i].crystal for i in ok], sigma_start=args.sigma_start, seed=args.seed,
                               sampler=args.sampler, n_steps=args.n_steps, noise=args.sampler == "pc")
-    out = list(crystals)
+    out = list(samples)
     for i, c in zip(ok, refined):
-        out[i] = c
+        out[i] = replace(samples[i], crystal=c)
     return out, time.perf_counter() - t0
 
 
 def generation(model, name: str, data: Path, args, refiner, out: Path) -> dict:
-    from crystalformer.evaluation.analysis import Entry
+    """Samples written as `crystalformer sample` writes them, then read back by the evaluator."""
     from crystalformer.evaluation.runner import analyze_reference, evaluate_generation
     from crystalformer.sampling.api import sample
     from crystalformer.sampling.output import write_samples
 
     cond = conditions(name, data / name / "train.csv")
+    meta = {"conditions": cond, "model": str(args.model or "default")}
     t0 = time.perf_counter()
     result = sample(model, args.n_gen, batch_size=args.batch_size, seed=args.seed, progress=True, **cond)
     t_decode = time.perf_counter() - t0
-    counts = write_samples(result.samples, out / f"gen_{name}", overwrite=True,
-                           meta={"conditions": cond, "model": str(args.model or "default")})
+    folders = {"raw": out / f"gen_{name}"}
+    counts = write_samples(result.samples, folders["raw"], overwrite=True, meta=meta)
     t_total = time.perf_counter() - t0
-    crystals = [s.crystal for s in result.samples]
+    timing = {"decode_s": round(t_decode, 2), "end_to_end_s": round(t_total, 2),
+              "end_to_end_crystals_per_s": round(args.n_gen / t_total, 2)}
+    if refiner is not None:
+        refined, t_ref = refine(refiner, result.samples, args)
+        timing["refine_s"] = round(t_ref, 2)
+        timing["refine_crystals_per_s"] = round(sum(s.crystal is not None for s in refined) / t_ref, 2)
+        folders["refined"] = out / f"gen_{name}_refined"
+        write_samples(refined, folders["refined"], overwrite=True, meta={**meta, "refiner": args.refiner})
     val = analyze_reference(data / name / "val.csv", args.max_reference, args.seed, coverage=True, novelty=False,
                             workers=args.workers)
     train = analyze_reference(data / name / "train.csv", None, args.seed, coverage=False, novelty=True,
                               workers=args.workers)
-    variants = {"raw": crystals}
-    timing = {"decode_s": round(t_decode, 2), "end_to_end_s": round(t_total, 2),
-              "end_to_end_crystals_per_s": round(args.n_gen / t_total, 2)}
-    if refiner is not None:
-        variants["refined"], t_ref = refine(refiner, crystals, args)
-        timing["refine_s"] = round(t_ref, 2)
-        timing["refine_crystals_per_s"] = round(sum(c is not None for c in crystals) / t_ref, 2)
-    metrics = {}
-    for variant, cs in variants.items():
-        entries = [Entry(f"s{i:05d}", cif_text(c)) if c is not None else Entry(f"s{i:05d}", None, "not decoded")
-                   for i, c in enumerate(cs)]
-        r = evaluate_generation(entries, val, dataset=name, workers=args.workers, novelty_reference=train,
-                                seed=args.seed)
-        metrics[variant] = r["metrics"]
-    return {"conditions": cond, "counts": counts, "timing": timing, "metrics": metrics}
+    metrics = {variant: evaluate_generation(folder, val, dataset=name, workers=args.workers, novelty_reference=train,
+                                            seed=args.seed)["metrics"] for variant, folder in folders.items()}
+    return {"conditions": cond, "counts": counts, "timing": timing, "metrics": metrics,
+            "folders": {k: str(v) for k, v in folders.items()}}
 
 
-def csp(model, name: str, data: Path, args, refiner) -> dict:
+def csp(model, name: str, data: Path, args, refiner, out: Path) -> dict:
+    """Predictions written as `crystalformer csp --targets` writes them, then matched by the evaluator."""
     from tqdm.auto import tqdm
 
     from crystalformer.evaluation.analysis import Entry
     from crystalformer.evaluation.runner import evaluate_csp
     from crystalformer.io import read_csv_records, structure_from_cif
     from crystalformer.sampling.api import predict_structure
+    from crystalformer.sampling.output import write_samples
 
     records = list(read_csv_records(data / name / "val.csv"))
     rng = np.random.default_rng(args.seed)
     pick = sorted(rng.choice(len(records), size=min(args.csp_targets, len(records)), replace=False))
-    targets, preds, skipped = [], [], []
+    targets, samples, names, extra, skipped = [], [], [], [], []
     t0 = time.perf_counter()
     for j in tqdm(pick, desc=f"csp {name}", unit="target"):
         rec = records[j]
@@ -139,19 +131,21 @@ def csp(model, name: str, data: Path, args, refiner) -> dict:
         except ValueError as err:  # counted: the target stays, with no prediction
             skipped.append({"material_id": rec.material_id, "reason": str(err)})
             continue
-        preds += [(rec.material_id, rank, s.crystal) for rank, s in enumerate(result.samples)]
+        for rank, s in enumerate(result.samples):
+            samples.append(s)
+            names.append(f"{rec.material_id}_{rank}")
+            extra.append({"material_id": rec.material_id, "rank": rank, "target_formula": formula})
     wall = time.perf_counter() - t0
-    variants = {"raw": [c for _, _, c in preds]}
     timing = {"csp_s": round(wall, 2), "targets_per_s": round(len(pick) / wall, 3)}
+    variants = {"raw": samples}
     if refiner is not None:
-        variants["refined"], t_ref = refine(refiner, variants["raw"], args)
+        variants["refined"], t_ref = refine(refiner, samples, args)
         timing["refine_s"] = round(t_ref, 2)
     metrics = {}
-    for variant, cs in variants.items():
-        entries = [Entry(f"{mid}_{rank}", cif_text(c) if c is not None else None,
-                         None if c is not None else "not decoded", mid, rank)
-                   for (mid, rank, _), c in zip(preds, cs)]
-        metrics[variant] = evaluate_csp(entries, targets, ks=(1, args.k), workers=args.workers)["metrics"]
+    for variant, preds in variants.items():
+        folder = out / f"csp_{name}" if variant == "raw" else out / f"csp_{name}_{variant}"
+        write_samples(preds, folder, overwrite=True, names=names, extra=extra, meta={"skipped": skipped})
+        metrics[variant] = evaluate_csp(folder, targets, ks=(1, args.k), workers=args.workers)["metrics"]
     return {"n_targets": len(pick), "k": args.k, "skipped": skipped, "timing": timing, "metrics": metrics}
 
 
@@ -219,13 +213,13 @@ def main() -> None:
         refiner = load_refiner(default_dir("refiner") if args.refiner == "default" else Path(args.refiner), "cpu")
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"model": str(args.model or "default"), "refiner": args.refiner, "settings": {
-        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "machine": machine(),
+        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "machine": describe(),
         "generation": {}, "csp": {}}
     for name in args.datasets:
         if "generation" in args.tasks:
             report["generation"][name] = generation(model, name, args.data, args, refiner, args.out)
         if "csp" in args.tasks:
-            report["csp"][name] = csp(model, name, args.data, args, refiner)
+            report["csp"][name] = csp(model, name, args.data, args, refiner, args.out)
         tmp = args.json.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(report, indent=1, default=str) + "\n")
         os.replace(tmp, args.json)  # after each data set: a cut-off run keeps what it measured
