@@ -9,6 +9,7 @@ Mistakes in the command line or missing files print one line and exit with code 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -69,6 +70,9 @@ def cmd_data_download(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+INIT_WARMUP_STEPS = 50
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import ModelConfig, TrainConfig, apply_overrides
     from .lit import NonFiniteLossError
@@ -102,11 +106,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         base_model, base_train = load_run_configs(args.out)
     else:
         base_model, base_train = ModelConfig.from_name(args.preset), TrainConfig.from_name(args.preset)
+    if args.init is not None:
+        if args.resume:
+            raise UsageError("--init starts a new run from a model's weights; --resume continues a run: use one")
+        from .model.files import read_config
+
+        if not args.init.is_dir():
+            raise UsageError(f"--init {args.init}: not a model directory")
+        init_config = read_config(args.init)
+        # the model's own shape; a short warm-up, since the weights are trained already
+        base_model = dataclasses.replace(init_config, dropout=base_model.dropout)
+        base_train = dataclasses.replace(base_train, warmup_steps=min(base_train.warmup_steps, INIT_WARMUP_STEPS))
+    if args.time_budget is not None:
+        if not args.time_budget > 0 or args.time_budget == float("inf"):
+            raise UsageError(f"--time-budget needs a positive number of minutes, got {args.time_budget}")
+        overrides["time_budget_min"] = args.time_budget
     model_config, train_config = apply_overrides(base_model, base_train, overrides)
     try:
         result = train(args.data or [], args.out, model_config, train_config, val=args.val, val_fraction=args.val_fraction,
                        resume=args.resume, overwrite=args.overwrite, cache_dir=args.cache_dir,
-                       progress=not args.quiet)
+                       progress=not args.quiet, init=args.init)
     except NonFiniteLossError as err:
         print(f"crystalformer: error: {err}: {args.out / 'checkpoints' / 'last.ckpt'}", file=sys.stderr)
         return 1
@@ -116,7 +135,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    import json
+
+    from .defaults import DEFAULT_MODEL, ROOT, shipped_models
+
+    models = shipped_models()
+    if not models:
+        print("no generative models are shipped with this installation")
+        return 1
+    rows = []
+    for name, path in models.items():
+        meta = json.loads((path / "metadata.json").read_text(encoding="utf-8")) if (path / "metadata.json").is_file() else {}
+        data = sorted({Path(str(d)).name for d in meta.get("data") or []})
+        nll = (meta.get("metrics") or {}).get("val/nll")
+        size = (path / "model.safetensors").stat().st_size / 1e6 if (path / "model.safetensors").is_file() else 0.0
+        from .train import cumulative_train_s
+
+        rows.append({"name": name + (" (default)" if name == DEFAULT_MODEL else ""), "data": ", ".join(data) or "?",
+                     "parameters": meta.get("num_parameters"), "MB": size,
+                     "val NLL": "n/a" if nll is None else f"{nll:.2f}",
+                     "CPU/GPU hours": f"{cumulative_train_s(meta) / 3600:.1f}", "path": str(path)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{width}}  {'parameters':>10}  {'MB':>5}  {'val NLL':>8}  {'train h':>7}  data")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['parameters'] or 0:>10,}  {r['MB']:>5.1f}  {r['val NLL']:>8}  "
+              f"{r['CPU/GPU hours']:>7}  {r['data']}")
+    print(f"\nval NLL: nats per crystal on the model's own validation set. Use one with --model NAME; details, "
+          f"figures and training commands per model: {ROOT / 'MODEL_CARD.md'} (section 'Generative models').")
+    return 0
+
+
 # ---------------------------------------------------------------------- parsers
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the shipped generative models (names for --model)",
+                       description="The generative models shipped with the package: name (for --model), size, "
+                                   "training data, validation NLL and training time.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_models)
+
+
 def _add_data(sub) -> None:
     from .grammar import DEFAULT_N_MAX
 
@@ -170,6 +231,12 @@ def _add_train(sub) -> None:
                    help="YAML overrides of any config field: flat (lr: 3e-4) or nested (model: {n_layer: 6})")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override one config field (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--init", type=Path, metavar="MODEL",
+                   help="start from the weights of a model directory (its shape; new optimiser, "
+                        f"warm-up of at most {INIT_WARMUP_STEPS} steps): to continue training elsewhere or on other data")
+    p.add_argument("--time-budget", type=float, metavar="MIN",
+                   help="stop cleanly after MIN minutes of training (summed over resumes); the learning rate "
+                        "decays over the budget and the best model so far is exported")
     p.add_argument("--overwrite", action="store_true", help="start again in a non-empty RUN_DIR")
     p.add_argument("--cache-dir", type=Path, help="where CSV/CIF inputs are prepared (default ~/.cache/crystalformer)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -188,9 +255,45 @@ def build_parser() -> argparse.ArgumentParser:
     from .refine.cli import add_parsers as _add_refine
     from .sampling.cli import add_parsers as _add_sampling
 
-    for add in (_add_data, _add_train, _add_sampling, _add_refine, _add_design, _add_evaluate):
+    for add in (_add_data, _add_train, _add_models, _add_sampling, _add_refine, _add_design, _add_evaluate):
         add(sub)
+    for leaf in _leaf_parsers(parser):
+        if "--threads" not in leaf._option_string_actions:
+            leaf.add_argument("--threads", type=int, metavar="N",
+                              help="torch intra-op threads (default: 1 for decoding, refinement and design, whose "
+                                   "many small steps only spin extra threads; torch's choice for training)")
     return parser
+
+
+# commands whose work is many small tensor operations: one thread is fastest, and far faster than
+# torch's default on a machine with other jobs running (66 s against 2.6 s for a 20-candidate CSP)
+SMALL_TENSOR_COMMANDS = {"sample", "csp", "infill", "refine", "design", "finetune"}
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser):
+    """Every parser that runs a command (sub-command parsers without sub-commands of their own)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+        return
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):  # aliases share a parser
+            yield from _leaf_parsers(child)
+
+
+def apply_threads(command: str, threads: int | None) -> None:
+    """``--threads N``, or one thread for small-tensor commands unless OMP_NUM_THREADS says otherwise."""
+    import os
+
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads needs a number >= 1, got {threads}")
+    elif command in SMALL_TENSOR_COMMANDS and not os.environ.get("OMP_NUM_THREADS"):
+        threads = 1
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        apply_threads(args.command, getattr(args, "threads", None))
         return args.func(args)
     except (UsageError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
         print(f"crystalformer: error: {err}", file=sys.stderr)

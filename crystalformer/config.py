@@ -85,6 +85,15 @@ class TrainConfig:
     """Lightning strategy, e.g. 'ddp' for several GPUs."""
     num_nodes: int = 1
     """machines taking part (multi-node DDP under torchrun / SLURM)."""
+    time_budget_min: float = 0.0
+    """Stop after this many minutes of training wall time, summed over resumes (0: no budget).
+    With a budget the cosine decay runs over whichever ends first, the budget or ``max_epochs``,
+    and the run ends with a validation pass so the best model so far is exported."""
+    compile: bool = False
+    """``torch.compile`` the transformer blocks (dynamic shapes); pays off on a GPU for long runs."""
+    bucket: bool = False
+    """Length-bucketed batches: each batch draws streams of similar length (less padding);
+    batch order stays random and seeded."""
 
     def __post_init__(self):
         if self.batch_size < 1 or self.max_epochs < 1 or self.lr <= 0 or self.warmup_steps < 0:
@@ -93,6 +102,8 @@ class TrainConfig:
         if not 0.0 <= self.prompt_fraction <= 1.0 or not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"prompt_fraction and min_lr_ratio must be in [0, 1], got {self.prompt_fraction}, "
                              f"{self.min_lr_ratio}")
+        if not self.time_budget_min >= 0 or self.time_budget_min == float("inf"):
+            raise ValueError(f"time_budget_min must be a finite number >= 0 (0: none), got {self.time_budget_min}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
 
@@ -171,6 +182,11 @@ def _convert(f: dataclasses.Field, value):
             return int(value) if kind == "int" else float(value)
         except ValueError:
             raise ValueError(f"config field {f.name!r} needs a number, got {value!r}") from None
+    if isinstance(value, str) and kind == "bool":
+        lowered = value.strip().lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"config field {f.name!r} needs true or false, got {value!r}")
+        return lowered in ("true", "1", "yes")
     if kind == "int" and isinstance(value, float) and value.is_integer():
         return int(value)
     if kind == "float" and isinstance(value, int):

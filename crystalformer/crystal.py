@@ -42,13 +42,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .elements import MAX_Z, atomic_number
 from .errors import CrystalError
 from .symmetry import LETTERS, expand_lattice, free_lattice_names, reduce_lattice, space_group
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-MAX_Z = 103  # elements H..Lr form the vocabulary
 
 # spglib's standardized positions are idealized only up to about symprec (seen: ~0.003 in
 # fractional units after an arbitrary origin shift of an I4 crystal), so orbit matching uses a
@@ -172,6 +172,7 @@ class Crystal:
         if not structure.is_ordered:
             raise CrystalError("disordered", f"structure {structure.composition.formula} has partially occupied "
                                              "or mixed sites; only ordered structures are supported")
+        _check_symmetry_input(structure, symprec, angle_tolerance)
         numbers = np.array([_species_number(sp) for sp in structure.species])
         cell = _canonical_cell(structure.lattice.matrix, structure.frac_coords, numbers)
         ds = _symmetry_dataset(cell, symprec, angle_tolerance)
@@ -265,23 +266,54 @@ class Crystal:
 
 
 # ---------------------------------------------------------------------- helpers
-@functools.lru_cache(maxsize=None)
 def _atomic_number(symbol: str) -> int:
-    from pymatgen.core.periodic_table import Element
-
-    try:
-        z = Element(symbol).Z
-    except (ValueError, KeyError):
-        raise CrystalError("unknown_element", f"unknown element {symbol!r}") from None
-    if z > MAX_Z:
-        raise CrystalError("unknown_element", f"element {symbol} (Z={z}) is beyond the vocabulary (Z <= {MAX_Z})")
+    """Z of an element of the vocabulary (H ... Lr); CrystalError("unknown_element") otherwise."""
+    z = atomic_number(symbol) if isinstance(symbol, str) else None
+    if z is None:
+        if isinstance(symbol, str) and symbol in _BEYOND:
+            raise CrystalError("unknown_element",
+                               f"element {symbol} (Z={_BEYOND[symbol]}) is beyond the vocabulary (Z <= {MAX_Z})")
+        raise CrystalError("unknown_element", f"unknown element {symbol!r}")
     return z
+
+
+_BEYOND = {s: z for z, s in enumerate(("Rf", "Db", "Sg", "Bh", "Hs", "Mt", "Ds", "Rg", "Cn", "Nh", "Fl", "Mc", "Lv",
+                                       "Ts", "Og"), start=104)}
 
 
 def _species_number(species) -> int:
     if type(species).__name__ == "DummySpecies":
         raise CrystalError("unknown_element", f"dummy species {species} cannot be represented")
     return _atomic_number(getattr(species, "element", species).symbol)  # Species (with oxidation state) -> Element
+
+
+MAX_INPUT_ATOMS = 5000  # far above any crystal the model represents; spglib on 100k atoms takes minutes
+
+
+def _check_symmetry_input(structure, symprec, angle_tolerance) -> None:
+    """Refuse what would crash or stall spglib: non-finite numbers, degenerate cells, huge inputs.
+
+    spglib is C code: a NaN or infinite cell length or coordinate, or a tolerance <= 0, ends the
+    process with a segmentation fault instead of an exception, so these are checked first.
+    """
+    formula = structure.composition.formula
+    for name, value in (("symprec", symprec), ("angle_tolerance", angle_tolerance)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise CrystalError("invalid", f"{name} must be a finite number > 0, got {value!r}")
+    if len(structure) > MAX_INPUT_ATOMS:
+        raise CrystalError("too_many_atoms", f"{formula}: {len(structure)} atoms in the input cell, more than the "
+                                             f"{MAX_INPUT_ATOMS} this package analyses")
+    matrix = np.asarray(structure.lattice.matrix, dtype=float)
+    frac = np.asarray(structure.frac_coords, dtype=float)
+    if not np.all(np.isfinite(matrix)):
+        raise CrystalError("invalid", f"{formula}: the cell has non-finite numbers (NaN or infinity)")
+    if not np.all(np.isfinite(frac)):
+        raise CrystalError("invalid", f"{formula}: atomic coordinates have non-finite numbers (NaN or infinity)")
+    lengths = np.linalg.norm(matrix, axis=1)
+    volume = float(np.linalg.det(matrix))
+    if np.any(lengths < 1e-3) or not abs(volume) > 1e-6 * float(np.prod(lengths)):
+        raise CrystalError("invalid", f"{formula}: degenerate cell (lengths {np.round(lengths, 4).tolist()} Å, "
+                                      f"volume {volume:.4g} Å^3)")
 
 
 def _canonical_cell(matrix: np.ndarray, frac: np.ndarray, numbers: np.ndarray):

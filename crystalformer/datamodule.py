@@ -75,6 +75,18 @@ class CrystalDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self.starts[-1]) if self.indices is None else len(self.indices)
 
+    def stream_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) token counts of every example without and with its composition prompt."""
+        plain, prompted = [], []
+        for part in self.parts:
+            body = np.diff(part.tensors["offsets"])
+            plain.append(body)
+            prompted.append(body + np.diff(part.tensors["prompt_offsets"]))
+        plain, prompted = np.concatenate(plain), np.concatenate(prompted)
+        if self.indices is not None:
+            plain, prompted = plain[self.indices], prompted[self.indices]
+        return plain, prompted
+
     def locate(self, idx: int) -> tuple[PreparedData, int]:
         """The prepared part holding example ``idx`` and the index within it."""
         if not 0 <= idx < len(self):
@@ -119,6 +131,97 @@ class PromptSampler(torch.utils.data.Sampler):
         if self.per_epoch:
             self.epoch += 1  # the next pass draws afresh unless set_epoch says otherwise
         return iter([(i, flags[i]) for i in order])
+
+
+class BucketBatchSampler(torch.utils.data.Sampler):
+    """Batches of ``(index, with_prompt)`` whose streams have similar lengths (less padding).
+
+    Each epoch: shuffle (seeded by seed and epoch), cut into pools of ``pool`` batches, sort each
+    pool by stream length (with or without its prompt, as drawn), cut it into batches and shuffle
+    the batch order. Every example appears exactly once per epoch, with the same prompt flags
+    as :class:`PromptSampler` would give it.
+    """
+
+    def __init__(self, dataset: CrystalDataset, batch_size: int, seed: int = 0, pool: int = 50):
+        if batch_size < 1 or pool < 1:
+            raise ValueError(f"need batch_size >= 1 and pool >= 1, got {batch_size}, {pool}")
+        self.n, self.prompt_fraction = len(dataset), dataset.prompt_fraction
+        self.batch_size, self.seed, self.pool = batch_size, seed, pool
+        self.plain, self.prompted = dataset.stream_lengths()  # (n,) each
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        flags = prompt_flags(self.n, self.prompt_fraction, self.seed, self.epoch).numpy()
+        generator = torch.Generator().manual_seed(_seed(self.seed, self.epoch, 1))
+        order = torch.randperm(self.n, generator=generator).numpy()
+        lengths = np.where(flags, self.prompted, self.plain)
+        batches = []
+        size = self.batch_size * self.pool
+        for start in range(0, self.n, size):
+            chunk = order[start:start + size]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        shuffle = torch.randperm(len(batches), generator=generator).tolist()
+        self.epoch += 1  # the next pass draws afresh unless set_epoch says otherwise
+        for k in shuffle:  # a generator (see GlobalBatches)
+            yield [(int(i), bool(flags[i])) for i in batches[k]]
+
+
+class GlobalBatches(torch.utils.data.Sampler):
+    """Batches of ``batch_size`` consecutive ``(index, with_prompt)`` pairs of a :class:`PromptSampler`."""
+
+    def __init__(self, sampler: PromptSampler, batch_size: int):
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self):
+        # a generator: DataLoader calls iter() more than once per pass but consumes only the last
+        # one, and the epoch counter may advance only when a pass really starts
+        pairs = list(self.sampler)
+        for i in range(0, len(pairs), self.batch_size):
+            yield pairs[i:i + self.batch_size]
+
+
+class RankShard(torch.utils.data.Sampler):
+    """This process's share of global batches: ``batch[rank::world_size]``.
+
+    With data-parallel training every process draws the same global batches (same seeds) and
+    takes every ``world_size``-th example, so W processes with batch B see exactly the batches
+    of one process with batch W x B, and the averaged gradients are the same. ``pad``: a global
+    batch with fewer than ``world_size`` examples is filled up cyclically, so every process
+    has a batch at every step (training); without it (validation) a process may get fewer.
+    """
+
+    def __init__(self, batches, rank: int, world_size: int, pad: bool = True):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.batches, self.rank, self.world_size, self.pad = batches, rank, world_size, pad
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            batch = list(batch)
+            if self.pad and len(batch) < self.world_size:
+                batch = (batch * self.world_size)[:self.world_size]
+            share = batch[self.rank::self.world_size]
+            if share:
+                yield share
 
 
 def collate(examples: list[dict], pad_id: int = 0, grammar=None) -> dict[str, torch.Tensor]:
@@ -187,13 +290,13 @@ class CrystalDataModule(L.LightningDataModule):
 
     def __init__(self, train, val=None, batch_size: int = 64, num_workers: int = 0, prompt_fraction: float = 0.5,
                  seed: int = 0, cache_dir=None, prepare_config: PrepareConfig | None = None,
-                 val_fraction: float = 0.0, grammar=None):
+                 val_fraction: float = 0.0, grammar=None, bucket: bool = False):
         super().__init__()
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.val_fraction, self.grammar = val_fraction, grammar
+        self.val_fraction, self.grammar, self.bucket = val_fraction, grammar, bucket
         if not 0.0 <= prompt_fraction <= 1.0:
             raise ValueError(f"prompt_fraction must be in [0, 1], got {prompt_fraction}")
         self.train_inputs, self.val_inputs = train, val
@@ -227,9 +330,17 @@ class CrystalDataModule(L.LightningDataModule):
             self.val_set = CrystalDataset(dirs, self.prompt_fraction, self.seed + 1)
 
     def _loader(self, dataset: CrystalDataset, train: bool):
-        sampler = PromptSampler(dataset, shuffle=train, seed=dataset.seed, per_epoch=train)
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        size = self.batch_size * world  # the global batch: batch_size per process
+        if train and self.bucket:
+            batches = BucketBatchSampler(dataset, size, seed=dataset.seed)
+        else:
+            batches = GlobalBatches(PromptSampler(dataset, shuffle=train, seed=dataset.seed, per_epoch=train), size)
+        if world > 1:
+            batches = RankShard(batches, rank, world, pad=train)
         return torch.utils.data.DataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+            dataset, batch_sampler=batches, num_workers=self.num_workers,
             collate_fn=partial(collate, pad_id=dataset.pad_id, grammar=self.grammar),
             generator=torch.Generator().manual_seed(_seed(self.seed, 2)),  # worker seeds: not the global RNG
             persistent_workers=self.num_workers > 0)

@@ -2,7 +2,10 @@
 
 ``crystalformer/_default/`` holds one directory per kind:
 
-- ``model/``     the generative CrystalFormer (``load_model()``, ``crystalformer sample`` without ``--model``);
+- ``model/``     the default generative CrystalFormer, for real materials (trained on mp_20 + mpts_52;
+  ``load_model()``, ``crystalformer sample`` without ``--model``, or ``--model mp_20``);
+- ``models/<name>/``  benchmark generative models trained on one data set each (``--model perov_5``,
+  ``--model carbon_24``); :func:`shipped_models` lists every name;
 - ``refiner/``   the position refiner (``--refine`` without a path, ``crystalformer refine`` without ``--model``);
 - ``property/<target>/``  property models p(y | X), one per target column (``crystalformer design``
   without ``--property``).
@@ -34,6 +37,36 @@ def default_dir(kind: str, name: str | None = None) -> Path:
         have = f" (shipped property models: {', '.join(shipped(kind)) or 'none'})" if kind == "property" and name else ""
         raise FileNotFoundError(f"no default {what} is installed at {path}{have}; pass {hint}")
     return path
+
+
+DEFAULT_MODEL = "mp_20"
+
+
+def shipped_models() -> dict[str, Path]:
+    """``{name: directory}`` of the shipped generative models; the default is named ``mp_20``."""
+    out = {DEFAULT_MODEL: ROOT / "model"} if (ROOT / "model" / "config.json").is_file() else {}
+    base = ROOT / "models"
+    if base.is_dir():
+        out.update({p.name: p for p in sorted(base.iterdir()) if (p / "config.json").is_file()})
+    return out
+
+
+def resolve_model(name_or_path) -> Path:
+    """The model directory meant by ``name_or_path``: None gives the default model, an existing path
+    is itself, a shipped model's name (``mp_20``, ``perov_5``, ...) its directory.
+
+    FileNotFoundError names the shipped models when it is neither.
+    """
+    if name_or_path is None:
+        return default_dir("model")
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    models = shipped_models()
+    if str(name_or_path) in models:
+        return models[str(name_or_path)]
+    raise FileNotFoundError(f"{name_or_path}: no such model directory and no shipped model of that name "
+                            f"(shipped: {', '.join(models) or 'none'}; `crystalformer models` lists them)")
 
 
 def shipped(kind: str) -> list[str]:

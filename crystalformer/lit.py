@@ -31,10 +31,17 @@ class CrystalFormerModule(L.LightningModule):
         self.train_config = config_from_dict(TrainConfig, train_config)
         self.model = CrystalFormer(self.model_config, CrystalTokenizer(vocab=list(vocab)))
         self._val_sums: dict[str, float] = {}
+        self.time_fraction = None  # () -> fraction of the time budget spent (set by train() when there is one)
 
     @classmethod
     def create(cls, model_config: ModelConfig, train_config: TrainConfig, tokenizer: CrystalTokenizer):
         return cls(config_to_dict(model_config), config_to_dict(train_config), list(tokenizer.vocab))
+
+    def configure_model(self):
+        # in place (nn.Module.compile): parameter names, checkpoints and exports stay as without it
+        if self.train_config.compile and not getattr(self, "_compiled", False):
+            self.model.transformer.compile(dynamic=True)
+            self._compiled = True
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch, batch_idx):
@@ -78,17 +85,27 @@ class CrystalFormerModule(L.LightningModule):
         cfg = self.train_config
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embed" not in n]
         no_decay = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        try:  # the fused kernel: one pass over all parameters per step (CPU since torch 2.4, and CUDA)
+            optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=True)
+        except (RuntimeError, TypeError):
+            optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, cfg))
+        def factor(step: int) -> float:
+            return lr_factor(step, total, cfg, self.time_fraction() if self.time_fraction is not None else 0.0)
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at ``total`` steps."""
+def lr_factor(step: int, total: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at ``total`` steps.
+
+    ``time_fraction``: the part of a time budget already spent; the decay follows whichever of
+    steps and time is further along, so a budgeted run ends at the low learning rate.
+    """
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     span = max(1, total - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    progress = min(1.0, max((step - cfg.warmup_steps) / span, time_fraction))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .crystal import MAX_Z, Crystal, Site, _atomic_number
+from .elements import SYMBOLS
 from .errors import CrystalError
 from .symmetry import LATTICE_NAMES, LETTERS, expand_lattice, free_lattice_names, space_group
 
@@ -77,11 +78,8 @@ def lattice_token(name: str) -> str:
     return f"L_{name}"
 
 
-@functools.lru_cache(maxsize=None)
 def element_symbols() -> tuple[str, ...]:
-    from pymatgen.core.periodic_table import Element
-
-    return tuple(Element.from_Z(z).symbol for z in range(1, MAX_Z + 1))
+    return SYMBOLS[:MAX_Z]
 
 
 def build_vocabulary(max_count: int = DEFAULT_MAX_COUNT) -> list[str]:

@@ -73,6 +73,22 @@ class ExportBest(L.Callback):
         self.best = state_dict.get("best")
 
 
+class TimeBudget(L.Callback):
+    """Stops training once the run's wall time (summed over resumes) reaches ``minutes``."""
+
+    def __init__(self, minutes: float, clock: WallClock):
+        self.seconds, self.clock = 60.0 * minutes, clock
+        self.hit = False
+
+    def fraction(self) -> float:
+        return min(1.0, self.clock.total / self.seconds)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.clock.total >= self.seconds:
+            self.hit = True
+            trainer.should_stop = True
+
+
 class WallClock(L.Callback):
     """Training wall time summed over every start and resume of a run (stored in the checkpoints)."""
 
@@ -105,13 +121,16 @@ def _run_config(run_dir: Path) -> dict:
 
 def train(data, out, model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
           val=None, val_fraction: float = 0.05, resume: bool = False, overwrite: bool = False,
-          cache_dir=None, progress: bool = True, checkpoint_every: int = 500) -> TrainResult:
+          cache_dir=None, progress: bool = True, checkpoint_every: int = 500, init=None) -> TrainResult:
     """Train a CrystalFormer on ``data`` (CSV files, CIF folders or prepared directories) into run dir ``out``.
 
     ``val``: validation inputs; without them ``val_fraction`` of the training crystals are held
     out. ``resume``: continue ``out`` from ``checkpoints/last.ckpt`` with the data and model
     config stored in ``run.json``; a ``train_config`` given then replaces the stored one (to
-    extend a finished run with more epochs, say).
+    extend a finished run with more epochs, say). ``init``: a model directory whose weights
+    (and model config) the run starts from, with a new optimiser: to continue training on
+    other data, another machine or another day. ``train_config.time_budget_min`` stops the
+    run cleanly when its wall time is spent (the best model so far is exported).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -132,12 +151,17 @@ def train(data, out, model_config: ModelConfig | None = None, train_config: Trai
         model_config = stored_model
         train_config = train_config or stored_train  # e.g. more epochs to extend a finished run
         data, val, val_fraction = stored["data"], stored["val"], stored["val_fraction"]
+        init = None  # the checkpoint holds the weights
     else:
-        if out.exists() and any(out.iterdir()) and not overwrite:
+        # DDP re-launches this program once per extra rank (after rank 0 has written the run
+        # directory): only rank 0 checks it
+        if _rank() == 0 and out.exists() and any(out.iterdir()) and not overwrite:
             raise FileExistsError(f"run directory {out} is not empty; pass resume=True (--resume) to continue it "
                                   "or overwrite=True (--overwrite) to start again")
-        model_config = model_config or ModelConfig.from_name("small")
         train_config = train_config or TrainConfig.from_name("small")
+        if init is not None:
+            model_config = _init_config(init, model_config)
+        model_config = model_config or ModelConfig.from_name("small")
     data = [str(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
     val = None if val is None else [str(p) for p in ([val] if isinstance(val, (str, Path)) else val)]
     if not data:
@@ -146,23 +170,35 @@ def train(data, out, model_config: ModelConfig | None = None, train_config: Trai
     L.seed_everything(train_config.seed, workers=True, verbose=False)
     dm = CrystalDataModule(data, val, batch_size=train_config.batch_size, num_workers=train_config.num_workers,
                            prompt_fraction=train_config.prompt_fraction, seed=train_config.seed,
-                           cache_dir=cache_dir, val_fraction=0.0 if val else val_fraction)
+                           cache_dir=cache_dir, val_fraction=0.0 if val else val_fraction,
+                           bucket=train_config.bucket)
     dm.prepare_data()
     dm.setup("fit")
     tokenizer = dm.train_set.parts[0].tokenizer
     model_config = _fit_to_data(model_config, dm, tokenizer)
     module = CrystalFormerModule.create(model_config, train_config, tokenizer)
-    dm.grammar = module.model.grammar
+    lineage = []
+    if init is not None:
+        lineage = _load_init(module.model, init)
+    # no masks in the batches: the model computes them on its device from tables (model/masks.py)
 
     out.mkdir(parents=True, exist_ok=True)
     run = {"model": config_to_dict(model_config), "train": config_to_dict(train_config), "data": data,
            "val": val, "val_fraction": val_fraction}
-    (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+    if resume:
+        lineage = stored.get("lineage", [])
+    run["lineage"] = lineage
+    if _rank() == 0:
+        (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
     metadata = {"data": data, "val": val or f"{val_fraction:.0%} of the training crystals held out",
                 "num_train": len(dm.train_set), "num_val": 0 if dm.val_set is None else len(dm.val_set),
-                "train_config": config_to_dict(train_config), "hardware": describe()}
+                "train_config": config_to_dict(train_config), "hardware": describe(),
+                "init": None if init is None else str(init), "lineage": lineage}
     clock = WallClock()
     export = ExportBest(out / "model", metadata, clock)
+    budget = TimeBudget(train_config.time_budget_min, clock) if train_config.time_budget_min > 0 else None
+    if budget is not None:
+        module.time_fraction = budget.fraction
     checkpoints = [ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_last=False,
                                    every_n_epochs=1, save_top_k=1, enable_version_counter=False),
                    ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_top_k=1,
@@ -173,19 +209,85 @@ def train(data, out, model_config: ModelConfig | None = None, train_config: Trai
         num_nodes=train_config.num_nodes,
         precision=_precision(train_config.precision), gradient_clip_val=train_config.grad_clip or None,
         check_val_every_n_epoch=train_config.val_every_epochs, log_every_n_steps=train_config.log_every_steps,
-        logger=CSVLogger(save_dir=str(out), name="logs"), callbacks=[*checkpoints, clock, export],
+        logger=CSVLogger(save_dir=str(out), name="logs"),
+        callbacks=[*checkpoints, clock, export, *([budget] if budget is not None else [])],
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the data module shards global batches itself (RankShard)
         default_root_dir=str(out))
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    if budget is not None and budget.hit:
+        # stopped inside an epoch: validate the final weights (the best model is exported if they
+        # are the best) and keep a checkpoint of exactly where the run stopped
+        if dm.val_set is not None:
+            trainer.validate(module, datamodule=dm, verbose=False)
+        trainer.save_checkpoint(last)
     wall = time.time() - t0
     result = TrainResult(out, out / "model", export.best, trainer.global_step, trainer.current_epoch, wall,
                          module.model.num_parameters())
     if trainer.is_global_zero:
         summary = {"best_val_nll": export.best, "steps": result.steps, "epochs": result.epochs,
+                   "stopped_by_time_budget": bool(budget is not None and budget.hit),
                    "wall_s": round(wall, 1), "total_wall_s": round(clock.total, 1), "num_parameters": result.num_parameters, **metadata}
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return result
+
+
+def _rank() -> int:
+    """This process's global rank as the launcher set it in the environment (0 without one)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def _init_config(init, requested: ModelConfig | None) -> ModelConfig:
+    """The model config of the ``init`` model directory; a differently shaped request is an error."""
+    from .model.files import read_config
+
+    stored = read_config(Path(init))
+    if requested is None:
+        return stored
+    shape = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("dropout", "vocab_size")]
+    differ = [name for name in shape if getattr(requested, name) != getattr(stored, name)]
+    if differ:
+        raise ValueError(f"--init {init}: its model has {', '.join(f'{n}={getattr(stored, n)}' for n in differ)}; "
+                         f"the requested config differs there (weights can only start a model of the same shape)")
+    return dataclasses.replace(stored, dropout=requested.dropout)
+
+
+def _load_init(model, init) -> list[dict]:
+    """Copy the weights of model directory ``init`` into ``model``; returns the training lineage so far."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .model.files import read_metadata
+    from .tokenizer import CrystalTokenizer
+
+    init = Path(init)
+    tokenizer = CrystalTokenizer.load(init)
+    if list(tokenizer.vocab) != list(model.tokenizer.vocab):
+        raise ValueError(f"--init {init}: its tokenizer differs from the training data's vocabulary "
+                         f"({tokenizer.vocab_size} against {model.tokenizer.vocab_size} tokens)")
+    try:
+        state = load_file(str(init / "model.safetensors"))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"--init {init / 'model.safetensors'}: cannot read the weights ({err})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"--init {init / 'model.safetensors'} does not fit its config.json: {err}") from None
+    meta = read_metadata(init)
+    previous = list(meta.get("lineage", []))
+    previous.append({"model": str(init), "data": meta.get("data"), "hardware": meta.get("hardware"),
+                     "train_wall_s": meta.get("train_wall_s"), "steps": meta.get("step"),
+                     "val_nll": (meta.get("metrics") or {}).get("val/nll")})
+    return previous
+
+
+def cumulative_train_s(metadata: dict) -> float:
+    """Training wall time of a model directory's weights, summed over every run they descend from."""
+    own = float(metadata.get("train_wall_s") or 0.0)
+    return own + sum(float(step.get("train_wall_s") or 0.0) for step in metadata.get("lineage", []))
 
 
 def load_run_configs(run_dir) -> tuple[ModelConfig, TrainConfig]:

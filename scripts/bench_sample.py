@@ -26,7 +26,7 @@ from crystalformer.hardware import label as machine_label
 def bench(model, label: str, batch: int, repeats: int, seed: int = 0, no_cache: bool = True) -> dict:
     from crystalformer.errors import CrystalError
     from crystalformer.sampling.api import sample
-    from crystalformer.sampling.output import _cif_text
+    from crystalformer.cif import crystal_cif
 
     decode_s, nocache_s, build_s, cif_s, lengths, failures = [], [], [], [], [], 0
     for r in range(repeats):
@@ -38,17 +38,19 @@ def bench(model, label: str, batch: int, repeats: int, seed: int = 0, no_cache: 
             sample(model, batch, batch_size=batch, seed=seed + r, kv_cache=False)
             nocache_s.append(time.perf_counter() - t)
         lengths += [len(s.ids) for s in result.samples]
-        structures = []
+        crystals = []
         t = time.perf_counter()
         for s in result.samples:
             try:
-                structures.append(model.tokenizer.decode(s.ids, s.values).to_structure())
+                crystal = model.tokenizer.decode(s.ids, s.values)
+                crystal.to_structure()
+                crystals.append(crystal)
             except (CrystalError, ValueError, ArithmeticError):
                 failures += 1
         build_s.append(time.perf_counter() - t)
         t = time.perf_counter()
-        for st in structures:
-            _cif_text(st)
+        for i, crystal in enumerate(crystals):  # the CIF the CLI writes: the crystal's own symmetry
+            crystal_cif(crystal, f"sample_{i:05d}")
         cif_s.append(time.perf_counter() - t)
     d, b, c = statistics.median(decode_s), statistics.median(build_s), statistics.median(cif_s)
     return {"model": label, "parameters": model.num_parameters(), "batch": batch, "repeats": repeats,

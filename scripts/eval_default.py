@@ -80,7 +80,7 @@ def generation(model, name: str, data: Path, args, refiner, out: Path) -> dict:
     from crystalformer.sampling.api import sample
     from crystalformer.sampling.output import write_samples
 
-    cond = conditions(name, data / name / "train.csv")
+    cond = {} if args.unconditioned else conditions(name, data / name / "train.csv")
     meta = {"conditions": cond, "model": str(args.model or "default")}
     t0 = time.perf_counter()
     result = sample(model, args.n_gen, batch_size=args.batch_size, seed=args.seed, progress=True, **cond)
@@ -180,12 +180,14 @@ def print_tables(report: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="model directory (default: the shipped model)")
+    parser.add_argument("--model", help="model directory or shipped name (default: the shipped default model)")
     parser.add_argument("--refiner", help="refiner directory, or 'default' for the shipped one (default: none)")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--tasks", nargs="+", default=["generation", "csp"], choices=["generation", "csp"])
     parser.add_argument("--n-gen", type=int, default=1000)
+    parser.add_argument("--unconditioned", action="store_true",
+                        help="sample p(X) as it is (for a model trained on that data set alone)")
     parser.add_argument("--csp-targets", type=int, default=200)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--max-reference", type=int, default=1000, help="val structures used for coverage")

@@ -99,3 +99,26 @@ def test_console_script_reports_its_version():
         pytest.skip("the crystalformer console script is not installed in this environment")
     run = subprocess.run([script, "--version"], capture_output=True, text=True, env=_env(), timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == f"crystalformer {__version__}"
+
+
+def test_threads_default_to_one_for_decoding_and_follow_the_option(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from crystalformer.cli import build_parser, main
+
+    previous = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)
+        assert main(["sample", "--n", "2", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+        assert torch.get_num_threads() == 1  # no thread variable set: one thread for decoding
+        assert main(["sample", "--n", "2", "--out", str(tmp_path / "b"), "--quiet", "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+        assert main(["sample", "--n", "2", "--out", str(tmp_path / "c"), "--quiet", "--threads", "0"]) == 2
+        assert "--threads" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(previous)
+    parser = build_parser()  # every command takes --threads
+    for command in (["train", "--data", "x", "--out", "y"], ["csp", "--composition", "NaCl", "--out", "o"],
+                    ["evaluate", "csp", "--predictions", "p", "--targets", "t", "--json", "j"], ["models"]):
+        assert parser.parse_args([*command, "--threads", "3"]).threads == 3

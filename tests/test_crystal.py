@@ -405,3 +405,34 @@ def test_overlapping_atoms_are_rejected():
     with pytest.raises(CrystalError) as err:
         Crystal.from_structure(s)
     assert err.value.reason == "overlap" and "1a" in str(err.value)
+
+
+@pytest.mark.parametrize("make, phrase", [
+    (lambda L, S, np: S(L(np.array([[np.nan, 0, 0], [0, 5, 0], [0, 0, 5]])), ["Na"], [[0, 0, 0]]), "non-finite"),
+    (lambda L, S, np: S(L(np.array([[np.inf, 0, 0], [0, 5, 0], [0, 0, 5]])), ["Na"], [[0, 0, 0]]), "non-finite"),
+    (lambda L, S, np: S(L.cubic(5), ["Na"], [[np.nan, 0, 0]]), "non-finite"),
+    (lambda L, S, np: S(L(np.array([[5, 0, 0], [5, 0, 0], [0, 0, 5]])), ["Na"], [[0, 0, 0]]), "degenerate"),
+])
+def test_non_finite_or_degenerate_cells_are_refused_before_spglib(make, phrase):
+    """spglib segfaults on these; they must be a CrystalError naming the problem."""
+    import numpy as np
+    from pymatgen.core import Lattice, Structure
+
+    from crystalformer import Crystal
+    from crystalformer.errors import CrystalError
+
+    with pytest.raises(CrystalError, match=phrase) as err:
+        Crystal.from_structure(make(Lattice, Structure, np))
+    assert err.value.reason == "invalid"
+
+
+@pytest.mark.parametrize("symprec", [0.0, -0.1, float("nan"), float("inf")])
+def test_bad_symprec_is_refused_before_spglib(symprec):
+    from pymatgen.core import Lattice, Structure
+
+    from crystalformer import Crystal
+    from crystalformer.errors import CrystalError
+
+    nacl = Structure(Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.raises(CrystalError, match="symprec must be a finite number > 0"):
+        Crystal.from_structure(nacl, symprec=symprec)

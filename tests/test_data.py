@@ -342,11 +342,12 @@ def test_datamodule_prepares_csvs_and_yields_batches(tmp_path, data_dir):
     assert [v.tolist() for v in val] == [b["ids"].tolist() for b in dm.val_dataloader()]  # fixed across epochs
 
 
-def test_dataloader_workers_do_not_change_batches(prepared, tmp_path):
+@pytest.mark.parametrize("bucket", [False, True])
+def test_dataloader_workers_do_not_change_batches(prepared, tmp_path, bucket):
     _, data = prepared
-    dm = CrystalDataModule(train=data.path, batch_size=16, seed=5)
+    dm = CrystalDataModule(train=data.path, batch_size=16, seed=5, bucket=bucket)
     serial = [b["ids"] for b in dm.train_dataloader()]
-    dm2 = CrystalDataModule(train=data.path, batch_size=16, seed=5, num_workers=2)
+    dm2 = CrystalDataModule(train=data.path, batch_size=16, seed=5, num_workers=2, bucket=bucket)
     parallel = [b["ids"] for b in dm2.train_dataloader()]
     assert len(serial) == len(parallel) and all(torch.equal(a, b) for a, b in zip(serial, parallel))
 
@@ -377,3 +378,28 @@ def test_lightning_trainer_draws_new_batches_each_epoch(prepared):
                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.fit(model, CrystalDataModule(train=data.path, batch_size=8, seed=0))
     assert len(model.first_batches) == 2 and not torch.equal(*model.first_batches)
+
+
+def test_bucketed_batches_cover_each_example_once_with_its_prompt_flag_and_pad_less(prepared):
+    from crystalformer.datamodule import BucketBatchSampler
+
+    dataset = CrystalDataset([prepared[1]], prompt_fraction=0.5, seed=3)
+    plain, prompted = dataset.stream_lengths()
+    sampler = BucketBatchSampler(dataset, batch_size=4, seed=3, pool=3)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        pairs = [p for batch in batches for p in batch]
+        assert sorted(i for i, _ in pairs) == list(range(len(dataset)))  # each example exactly once
+        flags = prompt_flags(len(dataset), 0.5, 3, epoch)
+        assert all(flag == bool(flags[i]) for i, flag in pairs)  # the same draw as PromptSampler's
+        for batch in batches:  # the lengths match what collate pads
+            ids = collate([dataset[p] for p in batch], dataset.pad_id)["ids"]
+            lengths = [prompted[i] if flag else plain[i] for i, flag in batch]
+            assert ids.shape[1] == max(lengths)
+    lengths = np.where(prompt_flags(len(dataset), 0.5, 3, 1).numpy(), prompted, plain)
+    padded = sum(len(b) * max(lengths[i] for i, _ in b) for b in batches)  # tokens computed, padding included
+    order = np.random.default_rng(0).permutation(len(dataset))
+    unbucketed = sum(len(order[k:k + 4]) * lengths[order[k:k + 4]].max() for k in range(0, len(order), 4))
+    assert padded < unbucketed

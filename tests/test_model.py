@@ -192,3 +192,42 @@ def test_config_rejects_contradictions():
         ModelConfig(d_model=30, n_head=4)
     with pytest.raises(ValueError, match="unknown preset"):
         ModelConfig.from_name("huge")
+
+
+@pytest.mark.parametrize("with_composition", [False, True])
+@pytest.mark.parametrize("n_max", [64, 2])
+def test_device_masks_equal_the_grammar_at_every_discrete_target(tokenizer, crystals, with_composition, n_max):
+    from crystalformer.grammar import Grammar
+    from crystalformer.model.masks import StructuralMasks
+    from crystalformer.tokenizer import Slot
+
+    grammar = Grammar(tokenizer, n_max=n_max)
+    tables = StructuralMasks(grammar)
+    # streams with more than n_max sites are illegal; keep those the grammar accepts
+    chosen = [c for c in crystals if len(c.sites) <= n_max]
+    batch = _batch(tokenizer, chosen, with_composition=with_composition)
+    ids, slots, valid = batch["ids"], batch["slots"], batch["mask"]
+    discrete = valid & torch.isin(slots, torch.tensor([Slot.SPACE_GROUP, Slot.WYCKOFF, Slot.ELEMENT, Slot.STOP]))
+    b, t = discrete.nonzero(as_tuple=True)
+    fast = tables.target_masks(ids, slots, b, t).numpy()
+    checked = 0
+    for i in range(len(chosen)):
+        n = int(valid[i].sum())
+        oracle = grammar.masks(ids[i, :n].numpy(), composition=False)  # (n, V): legal before each token
+        rows = (b == i).nonzero(as_tuple=True)[0]
+        for r in rows.tolist():
+            expected = oracle[int(t[r])].copy()
+            expected[grammar.comp] = False  # the model never chooses [COMP]
+            np.testing.assert_array_equal(fast[r], expected, err_msg=f"crystal {i} position {int(t[r])}")
+            checked += 1
+    assert checked > 5 * len(chosen)
+
+
+def test_log_prob_is_the_same_with_precomputed_masks(model, tokenizer, crystals):
+    from crystalformer.model import grammar_masks
+
+    for with_composition in (False, True):
+        batch = _batch(tokenizer, crystals[:40], with_composition=with_composition)
+        fast = model.log_prob_batch(batch)
+        slow = model.log_prob_batch({**batch, "allowed": grammar_masks(model.grammar, batch["ids"], batch["mask"])})
+        torch.testing.assert_close(fast.total, slow.total)

@@ -32,12 +32,13 @@ def test_wheel_contains_tables_and_console_script(wheel):
     assert "crystalformer/_wyckoff_tables/wyckoff.json" in names
     assert "crystalformer/symmetry/tables.py" in names
     assert "crystalformer = crystalformer.cli:main" in scripts
-    for kind in ("model", "refiner"):
+    for kind in ("model", "refiner", "models/perov_5", "models/carbon_24"):
         for f in ("config.json", "model.safetensors"):
             assert f"crystalformer/_default/{kind}/{f}" in names, (kind, f)
     assert "crystalformer/_default/MODEL_CARD.md" in names
     assert any(n.startswith("crystalformer/_default/property/") and n.endswith("config.json") for n in names)
     assert sum(zf.getinfo(n).file_size for n in names if "/_default/" in n) < 50e6  # tens of MB at most
+    assert sum(zf.getinfo(n).compress_size for n in names) < 50e6  # the wheel itself
 
 
 def test_wheel_works_outside_source_tree(wheel, tmp_path):

@@ -123,7 +123,8 @@ def cmd_finetune(args) -> int:
 
 def _prior_and_targets(p) -> None:
     """Options shared by design and finetune: the prior, the property models, the targets, constraints."""
-    p.add_argument("--model", type=Path, help="prior model directory (default: the shipped model)")
+    p.add_argument("--model", metavar="NAME|DIR",
+                   help="prior: shipped model name or model directory (default: mp_20, the shipped default)")
     p.add_argument("--property", action="append", type=Path, metavar="DIR",
                    help="property model directory (repeatable, one per target; default: the shipped ones)")
     p.add_argument("--target", action="append", required=True, metavar="SPEC",

@@ -33,6 +33,7 @@ from ..grammar import Grammar
 from ..tokenizer import COMP, CrystalTokenizer, Slot
 from .distributions import GaussianMixture, MaskedCategorical, VonMisesMixture
 from .embedding import InputEmbedding, TokenTables
+from .masks import StructuralMasks
 from .transformer import KVCache, Transformer
 
 DISCRETE_SLOTS = (Slot.SPACE_GROUP, Slot.WYCKOFF, Slot.ELEMENT, Slot.STOP)
@@ -114,9 +115,7 @@ class CrystalFormer(nn.Module):
         computed here from the ids when the batch does not carry it.
         """
         ids, values, slots, valid = batch["ids"], batch["values"], batch["slots"], batch["mask"]
-        allowed = batch.get("allowed")
-        if allowed is None:
-            allowed = self.grammar_masks(ids, valid)
+        allowed = batch.get("allowed")  # (B, T, V) precomputed masks, or None: from the device tables
         h, _ = self.hidden(ids, values, slots)  # (B, T, C)
         h = h[:, :-1]  # (B, T-1, C): position t predicts token t+1
         t_ids, t_values, t_slots = ids[:, 1:], values[:, 1:], slots[:, 1:]  # (B, T-1)
@@ -126,7 +125,10 @@ class CrystalFormer(nn.Module):
         discrete = t_valid & torch.isin(t_slots, torch.tensor(DISCRETE_SLOTS, device=ids.device))
         b, t = discrete.nonzero(as_tuple=True)
         if b.numel():
-            legal = allowed[:, 1:][b, t].clone()  # (N, V)
+            if allowed is None:
+                legal = self.structural_masks().target_masks(ids, slots, b, t + 1)  # (N, V)
+            else:
+                legal = allowed[:, 1:][b, t].clone()  # (N, V)
             legal[:, self.comp_id] = False  # the prompt is conditioning: never chosen
             lp = self.token_distribution(h[b, t], legal).log_prob(t_ids[b, t])  # (N,)
             bad = ~torch.isfinite(lp)
@@ -134,7 +136,7 @@ class CrystalFormer(nn.Module):
                 i = int(bad.nonzero()[0, 0])
                 word = self.tokenizer.vocab[int(t_ids[b[i], t[i]])]
                 raise ValueError(f"crystal {int(b[i])} of the batch: token {word!r} at position {int(t[i]) + 1} "
-                                 f"is not allowed by the grammar (n_max={self.config.n_max})")
+                                 f"is not legal there under the grammar (n_max={self.config.n_max})")
             terms = terms.index_put((b, t), lp)
         for slot, make in ((Slot.COORD, self.coord_distribution), (Slot.LATTICE, self.lattice_distribution)):
             b, t = (t_valid & (t_slots == slot)).nonzero(as_tuple=True)
@@ -143,6 +145,14 @@ class CrystalFormer(nn.Module):
         by_slot = {name: (terms * (t_slots == s)).sum(1) for name, s in SCORED_SLOTS.items()}
         scored = t_valid & torch.isin(t_slots, torch.tensor(list(SCORED_SLOTS.values()), device=ids.device))
         return LogProb(terms.sum(1), by_slot, scored.sum(1))
+
+    def structural_masks(self) -> StructuralMasks:
+        """The grammar's mask tables on this model's device (built on first use: ~0.3 s of table reading)."""
+        cache = self.__dict__.setdefault("_mask_tables", {})  # not a submodule: never in state_dict or DDP
+        device = self.device
+        if device not in cache:
+            cache[device] = StructuralMasks(self.grammar).to(device)
+        return cache[device]
 
     def grammar_masks(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(B, T, V) legal-token masks of each stream (all True on padding)."""

@@ -37,15 +37,16 @@ def save_model(model, path, metadata: dict | None = None) -> Path:
 def load_model(path=None, device="cpu"):
     """The CrystalFormer stored in a model directory (see :func:`save_model`), in eval mode.
 
-    Without ``path``, the default model shipped inside the package.
+    Without ``path``, the default model shipped inside the package; a shipped model's name
+    (``"mp_20"``, ``"perov_5"``, ``"carbon_24"``: see ``crystalformer models``) loads that one.
     """
     from safetensors.torch import load_file
 
     from ..tokenizer import CrystalTokenizer
     from .crystalformer import CrystalFormer
-    from .default import default_model_dir
+    from ..defaults import resolve_model
 
-    path = default_model_dir() if path is None else Path(path)
+    path = resolve_model(path)
     missing = [name for name in FILES[:3] if not (path / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} is not a crystalformer model directory: missing {', '.join(missing)}")

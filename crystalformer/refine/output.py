@@ -7,7 +7,6 @@ The output folder is assembled under a temporary sibling and moved into place wi
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 from ..atomic import swap_into_place, temporary_sibling
@@ -51,8 +50,7 @@ def read_inputs(path) -> tuple[list[str], list[Crystal], list[dict]]:
 def write_refined(out, names: list[str], before: list[Crystal], after: list[Crystal], overwrite: bool = False,
                   meta: dict | None = None, skipped: list[dict] | None = None) -> dict:
     """One CIF per refined crystal and a samples.json (text forms, min distances before/after)."""
-    from pymatgen.io.cif import CifWriter
-
+    from ..cif import crystal_cif
     from ..sampling.output import check_output_dir, structure_checks
 
     out = check_output_dir(out, overwrite)
@@ -63,10 +61,8 @@ def write_refined(out, names: list[str], before: list[Crystal], after: list[Crys
         stem = name if name not in used else f"{name}_{len(used)}"
         used.add(stem)
         _, fb = structure_checks(b)
-        structure, fa = structure_checks(a)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            (tmp / f"{stem}.cif").write_text(str(CifWriter(structure)), encoding="utf-8")
+        _, fa = structure_checks(a)
+        (tmp / f"{stem}.cif").write_text(crystal_cif(a, stem), encoding="utf-8")
         counts["refined"] += 1
         counts["valid_before"] += int(fb["valid_structure"])
         counts["valid_after"] += int(fa["valid_structure"])

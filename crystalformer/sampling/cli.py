@@ -18,14 +18,14 @@ def _usage(msg: str):
 def _load(args):
     from ..model import load_model
 
-    if args.model is None:
-        from ..model.default import default_model_dir
+    from ..defaults import resolve_model
 
-        path = default_model_dir()
-    else:
-        path = args.model
-        if not Path(path).is_dir():
-            raise _usage(f"--model {path}: not a folder")
+    try:
+        path = resolve_model(args.model)
+    except FileNotFoundError as err:
+        raise _usage(f"--model {err}") from None
+    if not Path(path).is_dir():
+        raise _usage(f"--model {path}: not a folder")
     return load_model(path, device=args.device)
 
 
@@ -95,7 +95,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                     smc=not args.no_smc, progress=not args.quiet)
     result.samples = _refine(args, result.samples)
     wall = time.time() - t0
-    counts = write_samples(result.samples, args.out, overwrite=args.overwrite,
+    counts = write_samples(result.samples, args.out, overwrite=args.overwrite, p1=args.p1,
                            meta=_meta(args, "sample", wall, space_groups=args.space_group, elements=args.elements))
     _print_table(result.samples)
     print(f"{counts['written']} CIFs in {args.out} ({len(result)} sampled in {wall:.1f} s; "
@@ -132,7 +132,7 @@ def _csp_one(args, model) -> int:
     wall = time.time() - t0
     names = [f"rank_{i:03d}" for i in range(len(result))]
     extra = [{"rank": i} for i in range(len(result))]
-    counts = write_samples(result.samples, args.out, overwrite=args.overwrite, names=names, extra=extra,
+    counts = write_samples(result.samples, args.out, overwrite=args.overwrite, p1=args.p1, names=names, extra=extra,
                            meta=_meta(args, "csp", wall, composition=args.composition, cell=args.cell,
                                       log_evidence=result.log_evidence))
     _print_table(result.samples)
@@ -168,7 +168,7 @@ def _csp_targets(args, model) -> int:
             extra.append({"material_id": rec.material_id, "rank": rank, "target_formula": formula})
     samples = _refine(args, samples)
     wall = time.time() - t0
-    counts = write_samples(samples, args.out, overwrite=args.overwrite, names=names, extra=extra,
+    counts = write_samples(samples, args.out, overwrite=args.overwrite, p1=args.p1, names=names, extra=extra,
                            meta=_meta(args, "csp --targets", wall, targets=str(args.targets), skipped=skipped,
                                       num_targets=len(records)))
     print(f"{len(records) - len(skipped)} of {len(records)} targets, {counts['written']} CIFs in {args.out} "
@@ -209,7 +209,7 @@ def cmd_infill(args: argparse.Namespace) -> int:
     samples = _refine(args, [Sample(c.crystal, c.log_p) for c in chosen])
     extra = [{"rank": i, "probability": c.probability, "assignment": {str(k): v for k, v in c.assignment.items()}}
              for i, c in enumerate(chosen)]
-    counts = write_samples(samples, args.out, overwrite=args.overwrite, names=[f"rank_{i:03d}" for i in
+    counts = write_samples(samples, args.out, overwrite=args.overwrite, p1=args.p1, names=[f"rank_{i:03d}" for i in
                                                                                range(len(samples))], extra=extra,
                            meta={"command": "infill", "template": str(args.template), "method": result.method,
                                  "refiner": None if args.refine is None else str(args.refine),
@@ -220,7 +220,9 @@ def cmd_infill(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- parsers
 def _common(p, n_default: int) -> None:
-    p.add_argument("--model", type=Path, help="model directory (default: the model shipped with the package)")
+    p.add_argument("--model", metavar="NAME|DIR",
+                   help="shipped model name (mp_20, perov_5, carbon_24; see `crystalformer models`) or model "
+                        "directory (default: mp_20, the model for real materials)")
     p.add_argument("--n", type=int, default=n_default, help=f"number of crystals (default {n_default})")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (CIFs + samples.json)")
     p.add_argument("--seed", type=int, default=0)
@@ -231,6 +233,9 @@ def _common(p, n_default: int) -> None:
                    help="refine atomic positions with the shipped refiner, or with this refiner model folder "
                         "(crystalformer train-refiner)")
     p.add_argument("--sigma-start", type=float, default=0.05, help="noise level refinement starts from (default 0.05)")
+    p.add_argument("--p1", action="store_true",
+                   help="write CIFs in P1 (every atom, identity operation) instead of the generated space group "
+                        "with its operations and Wyckoff sites")
 
 
 def _decoding(p) -> None:

@@ -8,7 +8,6 @@ existing non-empty folder is replaced only with ``overwrite``.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,25 +48,18 @@ def structure_checks(crystal) -> tuple[object | None, dict]:
     return structure, flags
 
 
-def _cif_text(structure) -> str:
-    from pymatgen.io.cif import CifWriter
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:  # symmetrized CIF where spglib agrees; plain P1 otherwise
-            return str(CifWriter(structure, symprec=0.01))
-        except (ValueError, TypeError, RuntimeError):
-            return str(CifWriter(structure))
-
-
 def write_samples(samples, out, overwrite: bool = False, names: list[str] | None = None,
-                  extra: list[dict] | None = None, meta: dict | None = None) -> dict:
+                  extra: list[dict] | None = None, meta: dict | None = None, p1: bool = False) -> dict:
     """Write ``samples`` (:class:`~crystalformer.sampling.api.Sample`) into folder ``out``.
 
     ``names``: file stems (default ``sample_00000`` ...); ``extra``: per-sample fields added to
     ``samples.json`` (e.g. material_id and rank for CSP). Samples without a crystal are listed
-    with their error and get no CIF. Returns counts by outcome.
+    with their error and get no CIF. Each CIF carries the crystal's own space group, operations
+    and Wyckoff sites (:func:`crystalformer.cif.crystal_cif`); ``p1`` writes every atom in P1.
+    Returns counts by outcome.
     """
+    from ..cif import crystal_cif
+
     out = check_output_dir(out, overwrite)
     names = names or [f"sample_{i:05d}" for i in range(len(samples))]
     if len(names) != len(samples) or len(set(names)) != len(names):
@@ -82,7 +74,7 @@ def write_samples(samples, out, overwrite: bool = False, names: list[str] | None
         elif structure is None:
             counts["not_built"] += 1
         else:
-            (tmp / f"{name}.cif").write_text(_cif_text(structure), encoding="utf-8")
+            (tmp / f"{name}.cif").write_text(crystal_cif(s.crystal, name, p1=p1), encoding="utf-8")
             row["file"] = f"{name}.cif"
             counts["written"] += 1
             counts["invalid_structure"] += int(not flags["valid_structure"])
