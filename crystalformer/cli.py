@@ -152,7 +152,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         size = (path / "model.safetensors").stat().st_size / 1e6 if (path / "model.safetensors").is_file() else 0.0
         from .train import cumulative_train_s
 
-        rows.append({"name": name + (" (default)" if name == DEFAULT_MODEL else ""), "data": ", ".join(data) or "?",
+        earlier = sorted({Path(str(d)).name for step in meta.get("lineage", []) for d in step.get("data") or []})
+        source = ", ".join(data) or "?"
+        if earlier:
+            source += f" (started from a model trained on {', '.join(earlier)})"
+        rows.append({"name": name + (" (default)" if name == DEFAULT_MODEL else ""), "data": source,
                      "parameters": meta.get("num_parameters"), "MB": size,
                      "val NLL": "n/a" if nll is None else f"{nll:.2f}",
                      "CPU/GPU hours": f"{cumulative_train_s(meta) / 3600:.1f}", "path": str(path)})
@@ -164,8 +168,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['name']:<{width}}  {r['parameters'] or 0:>10,}  {r['MB']:>5.1f}  {r['val NLL']:>8}  "
               f"{r['CPU/GPU hours']:>7}  {r['data']}")
-    print(f"\nval NLL: nats per crystal on the model's own validation set. Use one with --model NAME; details, "
-          f"figures and training commands per model: {ROOT / 'MODEL_CARD.md'} (section 'Generative models').")
+    print(f"\nval NLL: nats per crystal on the model's own validation set, half of it with the composition prompt "
+          f"(as in training); train h: training wall time including the runs it started from.\nUse one with "
+          f"--model NAME. Data, figures and training commands per model: {ROOT / 'MODEL_CARD.md'} "
+          f"(section 'Generative models').")
     return 0
 
 

@@ -52,7 +52,7 @@ def shipped_models() -> dict[str, Path]:
 
 
 def resolve_model(name_or_path) -> Path:
-    """The model directory meant by ``name_or_path``: None gives the default model, an existing path
+    """The model directory meant by ``name_or_path``: None gives the default model, a model directory
     is itself, a shipped model's name (``mp_20``, ``perov_5``, ...) its directory.
 
     FileNotFoundError names the shipped models when it is neither.
@@ -60,11 +60,13 @@ def resolve_model(name_or_path) -> Path:
     if name_or_path is None:
         return default_dir("model")
     path = Path(name_or_path)
-    if path.exists():
+    if (path / "config.json").is_file():  # a model directory, even one named like a shipped model
         return path
     models = shipped_models()
-    if str(name_or_path) in models:
+    if str(name_or_path) in models:  # a shipped name (also when a data folder of that name is here)
         return models[str(name_or_path)]
+    if path.exists():
+        return path  # not a model directory: loading it names what is missing
     raise FileNotFoundError(f"{name_or_path}: no such model directory and no shipped model of that name "
                             f"(shipped: {', '.join(models) or 'none'}; `crystalformer models` lists them)")
 

@@ -96,12 +96,13 @@ def generation(model, name: str, data: Path, args, refiner, out: Path) -> dict:
         timing["refine_crystals_per_s"] = round(sum(s.crystal is not None for s in refined) / t_ref, 2)
         folders["refined"] = out / f"gen_{name}_refined"
         write_samples(refined, folders["refined"], overwrite=True, meta={**meta, "refiner": args.refiner})
-    val = analyze_reference(data / name / "val.csv", args.max_reference, args.seed, coverage=True, novelty=False,
-                            workers=args.workers)
+    val = analyze_reference(data / name / "val.csv", args.max_reference, args.seed, coverage=not args.no_coverage,
+                            novelty=False, workers=args.workers)
     train = analyze_reference(data / name / "train.csv", None, args.seed, coverage=False, novelty=True,
                               workers=args.workers)
     metrics = {variant: evaluate_generation(folder, val, dataset=name, workers=args.workers, novelty_reference=train,
-                                            seed=args.seed)["metrics"] for variant, folder in folders.items()}
+                                            seed=args.seed, coverage=not args.no_coverage)["metrics"]
+               for variant, folder in folders.items()}
     return {"conditions": cond, "counts": counts, "timing": timing, "metrics": metrics,
             "folders": {k: str(v) for k, v in folders.items()}}
 
@@ -186,6 +187,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--tasks", nargs="+", default=["generation", "csp"], choices=["generation", "csp"])
     parser.add_argument("--n-gen", type=int, default=1000)
+    parser.add_argument("--no-coverage", action="store_true",
+                        help="skip COV-R / COV-P (CrystalNN fingerprints: ~1 s per 24-atom cell on one core)")
     parser.add_argument("--unconditioned", action="store_true",
                         help="sample p(X) as it is (for a model trained on that data set alone)")
     parser.add_argument("--csp-targets", type=int, default=200)

@@ -59,7 +59,10 @@ def test_named_models_resolve_and_paths_still_win(tmp_path, monkeypatch):
     local = tmp_path / "perov_5"  # a folder of the same name in the working directory is taken as a path
     load_model("mp_20").save(local)
     monkeypatch.chdir(tmp_path)
-    assert resolve_model("perov_5") == local.relative_to(tmp_path) or resolve_model("perov_5").resolve() == local
+    assert resolve_model("perov_5").resolve() == local
+    data_folder = tmp_path / "carbon_24"  # e.g. `crystalformer data download` output: not a model
+    data_folder.mkdir()
+    assert resolve_model("carbon_24") == models["carbon_24"]
     with pytest.raises(FileNotFoundError, match="no shipped model of that name.*carbon_24"):
         resolve_model("no_such_model")
 
