@@ -147,3 +147,11 @@ def test_csp_bad_input_is_reported(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
     assert run_cli(["evaluate", "csp", "--predictions", str(folder), "--targets", str(targets), "--k", "0",
                     "--json", str(tmp_path / "o.json"), "--quiet"]) == 2
+
+
+def test_json_into_a_folder_that_does_not_exist_yet_creates_it(tmp_path):
+    folder, targets = _csp_folder(tmp_path, 2)
+    out = tmp_path / "eval" / "deeper" / "csp.json"
+    assert run_cli(["evaluate", "csp", "--predictions", str(folder), "--targets", str(targets),
+                    "--json", str(out), "--quiet"]) == 0
+    assert out.is_file() and out.with_suffix(".png").is_file()
