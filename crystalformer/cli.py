@@ -109,10 +109,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.init is not None:
         if args.resume:
             raise UsageError("--init starts a new run from a model's weights; --resume continues a run: use one")
+        from .defaults import resolve_model
         from .model.files import read_config
 
-        if not args.init.is_dir():
-            raise UsageError(f"--init {args.init}: not a model directory")
+        try:
+            args.init = resolve_model(args.init)
+        except FileNotFoundError as err:
+            raise UsageError(f"--init {err}") from None
+        if not (args.init / "config.json").is_file():
+            raise UsageError(f"--init {args.init}: not a model directory (no config.json)")
         init_config = read_config(args.init)
         # the model's own shape; a short warm-up, since the weights are trained already
         base_model = dataclasses.replace(init_config, dropout=base_model.dropout)
@@ -238,7 +243,7 @@ def _add_train(sub) -> None:
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override one config field (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--init", type=Path, metavar="MODEL",
-                   help="start from the weights of a model directory (its shape; new optimiser, "
+                   help="start from the weights of a model directory or shipped model name (its shape; new optimiser, "
                         f"warm-up of at most {INIT_WARMUP_STEPS} steps): to continue training elsewhere or on other data")
     p.add_argument("--time-budget", type=float, metavar="MIN",
                    help="stop cleanly after MIN minutes of training (summed over resumes); the learning rate "

@@ -151,7 +151,7 @@ def train(data, out, model_config: ModelConfig | None = None, train_config: Trai
         model_config = stored_model
         train_config = train_config or stored_train  # e.g. more epochs to extend a finished run
         data, val, val_fraction = stored["data"], stored["val"], stored["val_fraction"]
-        init = None  # the checkpoint holds the weights
+        init = None  # the checkpoint holds the weights; run.json keeps where they started
     else:
         # DDP re-launches this program once per extra rank (after rank 0 has written the run
         # directory): only rank 0 checks it
@@ -160,6 +160,9 @@ def train(data, out, model_config: ModelConfig | None = None, train_config: Trai
                                   "or overwrite=True (--overwrite) to start again")
         train_config = train_config or TrainConfig.from_name("small")
         if init is not None:
+            from .defaults import resolve_model
+
+            init = resolve_model(init)  # a model directory or a shipped name
             model_config = _init_config(init, model_config)
         model_config = model_config or ModelConfig.from_name("small")
     data = [str(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
@@ -185,15 +188,16 @@ def train(data, out, model_config: ModelConfig | None = None, train_config: Trai
     out.mkdir(parents=True, exist_ok=True)
     run = {"model": config_to_dict(model_config), "train": config_to_dict(train_config), "data": data,
            "val": val, "val_fraction": val_fraction}
+    init_record = None if init is None else str(init)
     if resume:
-        lineage = stored.get("lineage", [])
-    run["lineage"] = lineage
+        lineage, init_record = stored.get("lineage", []), stored.get("init")
+    run["lineage"], run["init"] = lineage, init_record
     if _rank() == 0:
         (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
     metadata = {"data": data, "val": val or f"{val_fraction:.0%} of the training crystals held out",
                 "num_train": len(dm.train_set), "num_val": 0 if dm.val_set is None else len(dm.val_set),
                 "train_config": config_to_dict(train_config), "hardware": describe(),
-                "init": None if init is None else str(init), "lineage": lineage}
+                "init": init_record, "lineage": lineage}
     clock = WallClock()
     export = ExportBest(out / "model", metadata, clock)
     budget = TimeBudget(train_config.time_budget_min, clock) if train_config.time_budget_min > 0 else None

@@ -175,6 +175,11 @@ def test_cli_init_and_time_budget(data_dir, tmp_path, capsys):
     run = json.loads((tmp_path / "b" / "run.json").read_text())
     assert run["train"]["time_budget_min"] == 0.01 and run["train"]["warmup_steps"] <= 50
     assert main(["train", "--init", str(tmp_path / "nope"), "--data", data, "--out", str(tmp_path / "d")]) == 2
+    # a shipped model's name works as --init: the run takes that model's shape and weights
+    assert main(["train", "--init", "perov_5", "--data", data, "--out", str(tmp_path / "f"), "--set", "max_steps=1",
+                 "--set", "max_epochs=1", "--cache-dir", cache, "--quiet"]) == 0
+    meta = json.loads((tmp_path / "f" / "model" / "metadata.json").read_text())
+    assert meta["init"].endswith("perov_5") and meta["num_parameters"] > 1_000_000 and len(meta["lineage"]) == 2
     assert main(["train", "--data", data, "--out", str(tmp_path / "e"), "--time-budget", "nan"]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "--time-budget" in err
