@@ -144,6 +144,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     import json
 
     from .defaults import DEFAULT_MODEL, ROOT, shipped_models
+    from .model.files import cumulative_train_s, read_metadata  # no Lightning: the listing is instant
 
     models = shipped_models()
     if not models:
@@ -151,18 +152,16 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 1
     rows = []
     for name, path in models.items():
-        meta = json.loads((path / "metadata.json").read_text(encoding="utf-8")) if (path / "metadata.json").is_file() else {}
+        meta = read_metadata(path)
         data = sorted({Path(str(d)).name for d in meta.get("data") or []})
-        nll = (meta.get("metrics") or {}).get("val/nll")
-        size = (path / "model.safetensors").stat().st_size / 1e6 if (path / "model.safetensors").is_file() else 0.0
-        from .train import cumulative_train_s
-
         earlier = sorted({Path(str(d)).name for step in meta.get("lineage", []) for d in step.get("data") or []})
         source = ", ".join(data) or "?"
         if earlier:
             source += f" (started from a model trained on {', '.join(earlier)})"
+        nll = (meta.get("metrics") or {}).get("val/nll")
         rows.append({"name": name + (" (default)" if name == DEFAULT_MODEL else ""), "data": source,
-                     "parameters": meta.get("num_parameters"), "MB": size,
+                     "parameters": meta.get("num_parameters"),
+                     "MB": weights.stat().st_size / 1e6 if (weights := path / "model.safetensors").is_file() else 0.0,
                      "val NLL": "n/a" if nll is None else f"{nll:.2f}",
                      "CPU/GPU hours": f"{cumulative_train_s(meta) / 3600:.1f}", "path": str(path)})
     if args.json:

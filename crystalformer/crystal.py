@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -298,7 +299,7 @@ def _check_symmetry_input(structure, symprec, angle_tolerance) -> None:
     """
     formula = structure.composition.formula
     for name, value in (("symprec", symprec), ("angle_tolerance", angle_tolerance)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
             raise CrystalError("invalid", f"{name} must be a finite number > 0, got {value!r}")
     if len(structure) > MAX_INPUT_ATOMS:
         raise CrystalError("too_many_atoms", f"{formula}: {len(structure)} atoms in the input cell, more than the "

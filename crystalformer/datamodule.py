@@ -285,18 +285,21 @@ class CrystalDataModule(L.LightningDataModule):
     ``train`` / ``val``: a path or a list of paths (prepared directories, CDVAE CSV files, CIF
     files or folders); several are concatenated. ``seed`` fixes shuffling and prompt draws.
     Without ``val``, ``val_fraction`` of the training crystals (a seeded draw) are held out
-    for validation. With a ``grammar``, batches carry the legal-token masks (``allowed``).
+    for validation. Batches carry no grammar masks: the model computes them on its device
+    (``model/masks.py``). ``bucket``: length-bucketed training batches (:class:`BucketBatchSampler`).
+    Under data-parallel training every process takes its share of the same global batches
+    (:class:`RankShard`).
     """
 
     def __init__(self, train, val=None, batch_size: int = 64, num_workers: int = 0, prompt_fraction: float = 0.5,
                  seed: int = 0, cache_dir=None, prepare_config: PrepareConfig | None = None,
-                 val_fraction: float = 0.0, grammar=None, bucket: bool = False):
+                 val_fraction: float = 0.0, bucket: bool = False):
         super().__init__()
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.val_fraction, self.grammar, self.bucket = val_fraction, grammar, bucket
+        self.val_fraction, self.bucket = val_fraction, bucket
         if not 0.0 <= prompt_fraction <= 1.0:
             raise ValueError(f"prompt_fraction must be in [0, 1], got {prompt_fraction}")
         self.train_inputs, self.val_inputs = train, val
@@ -341,7 +344,7 @@ class CrystalDataModule(L.LightningDataModule):
             batches = RankShard(batches, rank, world, pad=train)
         return torch.utils.data.DataLoader(
             dataset, batch_sampler=batches, num_workers=self.num_workers,
-            collate_fn=partial(collate, pad_id=dataset.pad_id, grammar=self.grammar),
+            collate_fn=partial(collate, pad_id=dataset.pad_id),
             generator=torch.Generator().manual_seed(_seed(self.seed, 2)),  # worker seeds: not the global RNG
             persistent_workers=self.num_workers > 0)
 

@@ -261,37 +261,19 @@ def _init_config(init, requested: ModelConfig | None) -> ModelConfig:
 
 def _load_init(model, init) -> list[dict]:
     """Copy the weights of model directory ``init`` into ``model``; returns the training lineage so far."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from .model.files import load_model, read_metadata
 
-    from .model.files import read_metadata
-    from .tokenizer import CrystalTokenizer
-
-    init = Path(init)
-    tokenizer = CrystalTokenizer.load(init)
-    if list(tokenizer.vocab) != list(model.tokenizer.vocab):
+    source = load_model(init)  # names the file on any unreadable or mismatched part
+    if list(source.tokenizer.vocab) != list(model.tokenizer.vocab):
         raise ValueError(f"--init {init}: its tokenizer differs from the training data's vocabulary "
-                         f"({tokenizer.vocab_size} against {model.tokenizer.vocab_size} tokens)")
-    try:
-        state = load_file(str(init / "model.safetensors"))
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"--init {init / 'model.safetensors'}: cannot read the weights ({err})") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"--init {init / 'model.safetensors'} does not fit its config.json: {err}") from None
+                         f"({source.tokenizer.vocab_size} against {model.tokenizer.vocab_size} tokens)")
+    model.load_state_dict(source.state_dict(), strict=True)  # same shape: _init_config checked it
     meta = read_metadata(init)
     previous = list(meta.get("lineage", []))
     previous.append({"model": str(init), "data": meta.get("data"), "hardware": meta.get("hardware"),
                      "train_wall_s": meta.get("train_wall_s"), "steps": meta.get("step"),
                      "val_nll": (meta.get("metrics") or {}).get("val/nll")})
     return previous
-
-
-def cumulative_train_s(metadata: dict) -> float:
-    """Training wall time of a model directory's weights, summed over every run they descend from."""
-    own = float(metadata.get("train_wall_s") or 0.0)
-    return own + sum(float(step.get("train_wall_s") or 0.0) for step in metadata.get("lineage", []))
 
 
 def load_run_configs(run_dir) -> tuple[ModelConfig, TrainConfig]:
@@ -302,13 +284,7 @@ def load_run_configs(run_dir) -> tuple[ModelConfig, TrainConfig]:
 
 def _fit_to_data(config: ModelConfig, dm, tokenizer) -> ModelConfig:
     """Take the vocabulary size from the data and check that every stream fits ``max_len``."""
-    import numpy as np
-
-    longest = 0
-    for ds in (dm.train_set, dm.val_set):
-        for part in [] if ds is None else ds.parts:
-            offsets, prompt = part.tensors["offsets"], part.tensors["prompt_offsets"]
-            longest = max(longest, int(np.max(np.diff(offsets) + np.diff(prompt))))
+    longest = max(int(ds.stream_lengths()[1].max()) for ds in (dm.train_set, dm.val_set) if ds is not None and len(ds))
     if longest > config.max_len:
         raise ValueError(f"the longest token stream in the data (with its prompt) has {longest} tokens, more than "
                          f"max_len={config.max_len}; raise max_len or drop the largest crystals")

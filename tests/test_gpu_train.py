@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def test_pack_then_run_trains_without_the_crystal_stack(prepared, tmp_path):
     assert (out / "model" / "model.safetensors").is_file()
     nll = json.loads((out / "val_nll.json").read_text())["nll"]
     assert set(nll) == {"mp20", "perov5"}
-    assert all(rows["p(X)"]["n"] > 0 and rows["p(X)"]["nll"] == rows["p(X)"]["nll"] for rows in nll.values())
+    assert all(rows["p(X)"]["n"] > 0 and math.isfinite(rows["p(X)"]["nll"]) for rows in nll.values())
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] >= 1 and summary["num_parameters"] > 0
     files = [p for p in out.rglob("*") if p.is_file()]

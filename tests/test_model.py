@@ -185,6 +185,11 @@ def test_load_model_errors_name_the_problem(tmp_path, model):
                                                 '"model": {"n_layer": 2, "bogus": 1}}')
     with pytest.raises(ValueError, match="bogus"):
         load_model(tmp_path / "m")
+    model.save(tmp_path / "t")
+    weights = tmp_path / "t" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match="model.safetensors: cannot read the weights"):
+        load_model(tmp_path / "t")
 
 
 def test_config_rejects_contradictions():

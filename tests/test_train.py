@@ -157,7 +157,7 @@ def test_init_starts_from_a_model_directory_and_records_the_lineage(data_dir, tm
         assert torch.allclose(a, b, atol=1e-6), name
     meta = json.loads((second.model_dir / "metadata.json").read_text())
     assert meta["init"] == str(first.model_dir) and len(meta["lineage"]) == 1
-    from crystalformer.train import cumulative_train_s
+    from crystalformer.model.files import cumulative_train_s
 
     assert cumulative_train_s(meta) > meta["train_wall_s"]
     with pytest.raises(ValueError, match="n_layer=2"):

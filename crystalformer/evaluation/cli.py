@@ -29,16 +29,15 @@ def _check_outputs(args) -> Path | None:
     report = None if args.no_report else (args.report or out.with_suffix(".png"))
     if report is not None and report.suffix.lower() != ".png":
         raise _usage_error(f"--report {report}: expected a .png file name")
+    if args.workers < 1:
+        raise _usage_error(f"--workers must be >= 1, got {args.workers}")
     for path in [out] + ([report] if report else []):
         if path.exists() and not args.overwrite:
             raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-        if path.parent.exists() and not path.parent.is_dir():
-            raise _usage_error(f"{path}: {path.parent} is not a folder")
-    if args.workers < 1:
-        raise _usage_error(f"--workers must be >= 1, got {args.workers}")
-    for path in [out] + ([report] if report else []):  # the folders the outputs go into, as the README's commands expect
-        try:
+        try:  # the folder the output goes into, as the README's commands expect
             path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise _usage_error(f"{path}: {path.parent} is not a folder") from None
         except OSError as err:
             raise _usage_error(f"{path}: cannot create folder {path.parent} ({err.strerror})") from None
     return report

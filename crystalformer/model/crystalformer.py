@@ -112,7 +112,8 @@ class CrystalFormer(nn.Module):
         """Exact log p of each stream in a collated batch (ids, values, slots, mask[, allowed]).
 
         ``allowed`` (B, T, V) bool: legal tokens before each position (:meth:`Grammar.masks`);
-        computed here from the ids when the batch does not carry it.
+        without it the masks of the discrete targets come from the device tables
+        (:meth:`structural_masks`), which equal the grammar's structural masks.
         """
         ids, values, slots, valid = batch["ids"], batch["values"], batch["slots"], batch["mask"]
         allowed = batch.get("allowed")  # (B, T, V) precomputed masks, or None: from the device tables
@@ -153,10 +154,6 @@ class CrystalFormer(nn.Module):
         if device not in cache:
             cache[device] = StructuralMasks(self.grammar).to(device)
         return cache[device]
-
-    def grammar_masks(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(B, T, V) legal-token masks of each stream (all True on padding)."""
-        return grammar_masks(self.grammar, ids, valid).to(ids.device)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, LogProb]:
         """Negative mean log-likelihood per crystal, and the detached breakdown."""

@@ -40,11 +40,12 @@ def load_model(path=None, device="cpu"):
     Without ``path``, the default model shipped inside the package; a shipped model's name
     (``"mp_20"``, ``"perov_5"``, ``"carbon_24"``: see ``crystalformer models``) loads that one.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from ..defaults import resolve_model
     from ..tokenizer import CrystalTokenizer
     from .crystalformer import CrystalFormer
-    from ..defaults import resolve_model
 
     path = resolve_model(path)
     missing = [name for name in FILES[:3] if not (path / name).is_file()]
@@ -53,7 +54,10 @@ def load_model(path=None, device="cpu"):
     config = read_config(path)
     tokenizer = CrystalTokenizer.load(path)
     model = CrystalFormer(config, tokenizer)
-    state = load_file(str(path / "model.safetensors"), device=str(device))
+    try:
+        state = load_file(str(path / "model.safetensors"), device=str(device))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path / 'model.safetensors'}: cannot read the weights ({err})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -77,6 +81,12 @@ def read_config(path) -> ModelConfig:
 def read_metadata(path) -> dict:
     f = Path(path) / "metadata.json"
     return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
+
+
+def cumulative_train_s(metadata: dict) -> float:
+    """Training wall time of a model directory's weights, summed over every run they descend from."""
+    own = float(metadata.get("train_wall_s") or 0.0)
+    return own + sum(float(step.get("train_wall_s") or 0.0) for step in metadata.get("lineage", []))
 
 
 def _write_json(path: Path, data: dict) -> None:

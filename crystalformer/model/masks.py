@@ -15,7 +15,7 @@ So for a batch of streams the masks of all discrete targets come from a running 
 (a cumulative max over the stream: it holds one space-group token), a running site count
 (a cumulative sum) and a running ``start`` (a cumulative max, since letters never decrease),
 and two look-up tables; no Python loop over crystals or positions. The tables are built from
-the Wyckoff tables once per model and live on its device. :func:`structural_target_masks`
+the Wyckoff tables once per model and live on its device. :meth:`StructuralMasks.target_masks`
 equals ``Grammar.masks(ids, composition=False)`` at every discrete target (a test checks it
 on real crystals with and without composition prompts).
 """

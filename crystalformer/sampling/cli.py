@@ -18,15 +18,10 @@ def _usage(msg: str):
 def _load(args):
     from ..model import load_model
 
-    from ..defaults import resolve_model
-
-    try:
-        path = resolve_model(args.model)
+    try:  # a shipped name or a model directory; load_model names what is missing
+        return load_model(args.model, device=args.device)
     except FileNotFoundError as err:
         raise _usage(f"--model {err}") from None
-    if not Path(path).is_dir():
-        raise _usage(f"--model {path}: not a folder")
-    return load_model(path, device=args.device)
 
 
 def _symbols(text: str | None) -> list[str] | None:
