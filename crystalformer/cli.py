@@ -262,10 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from .design.cli import add_parsers as _add_design
     from .evaluation.cli import add_parser as _add_evaluate
+    from .physics.cli import add_parsers as _add_physics
     from .refine.cli import add_parsers as _add_refine
     from .sampling.cli import add_parsers as _add_sampling
 
-    for add in (_add_data, _add_train, _add_models, _add_sampling, _add_refine, _add_design, _add_evaluate):
+    for add in (_add_data, _add_train, _add_models, _add_sampling, _add_refine, _add_design, _add_physics,
+                _add_evaluate):
         add(sub)
     for leaf in _leaf_parsers(parser):
         if "--threads" not in leaf._option_string_actions:
@@ -277,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # commands whose work is many small tensor operations: one thread is fastest, and far faster than
 # torch's default on a machine with other jobs running (66 s against 2.6 s for a 20-candidate CSP)
-SMALL_TENSOR_COMMANDS = {"sample", "csp", "infill", "refine", "design", "finetune"}
+SMALL_TENSOR_COMMANDS = {"sample", "csp", "infill", "refine", "design", "finetune", "relax", "physics"}
 
 
 def _leaf_parsers(parser: argparse.ArgumentParser):
@@ -308,12 +310,15 @@ def apply_threads(command: str, threads: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (0 ok, 2 usage or input error)."""
+    from .physics import PhysicsUnavailable
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         apply_threads(args.command, getattr(args, "threads", None))
         return args.func(args)
-    except (UsageError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
+    except (UsageError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,
+            PhysicsUnavailable) as err:
         print(f"crystalformer: error: {err}", file=sys.stderr)
         return 2
     except FloatingPointError as err:  # a NaN loss stopped training; the last good checkpoint is kept

@@ -226,19 +226,6 @@ def test_analyzed_reference_and_separate_novelty_reference():
         evaluate_generation(samples, no_fp, progress=False)
 
 
-def test_energy_needs_the_extra():
-    pytest.importorskip("matminer")
-    try:
-        import chgnet  # noqa: F401
-    except ImportError:
-        from crystalformer.evaluation.energy import relax
-
-        with pytest.raises(ImportError, match=r"crystalformer\[energy\]"):
-            relax([nacl()])
-    else:
-        pytest.skip("chgnet installed: the CHGNet path is exercised by the slow test")
-
-
 def test_fast_matching_agrees_with_plain_structure_matcher():
     from pymatgen.analysis.structure_matcher import StructureMatcher
 

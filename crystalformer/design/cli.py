@@ -58,6 +58,8 @@ def _constraints(args) -> tuple[list[int] | None, list[str] | None]:
 
 def cmd_design(args) -> int:
     from ..model import load_model
+    from ..physics.cli import check_physics, relax_and_report
+    from ..physics.design import POTENTIAL_TARGETS
     from ..sampling.output import check_output_dir
     from .api import UnreachableTargetError, design, write_designs
     from .mcmc import MoveConfig
@@ -68,9 +70,22 @@ def cmd_design(args) -> int:
     check_output_dir(args.out, args.overwrite)  # refuse before the work, not after
     if args.n < 1 or args.steps < 0:
         raise UsageError(f"--n must be >= 1 and --steps >= 0 (got {args.n}, {args.steps})")
-    paths = _property_paths(args, targets)
+    energy_targets = [t for t in targets if t.name in POTENTIAL_TARGETS]
+    check_physics(args, args.relax or bool(energy_targets),
+                  f"--target {energy_targets[0]}" if energy_targets else "--relax")
+    learned = [t for t in targets if t.name not in POTENTIAL_TARGETS]
+    paths = _property_paths(args, learned) if learned else []
     models = [load_property_model(p) for p in paths]
     prior = load_model(args.model)
+    if energy_targets:
+        from ..physics.cli import default_hull_path, potential_from
+        from ..physics.design import PotentialProperty
+        from ..physics.hull import ReferenceHull
+
+        hull = ReferenceHull.load(args.hull if args.hull is not None else default_hull_path())
+        potential = potential_from(args)
+        models += [PotentialProperty(t.name, potential, hull, prior.tokenizer, args.energy_sigma)
+                   for t in energy_targets]
     moves = MoveConfig(*args.moves) if args.moves else MoveConfig()
     space_groups, elements = _constraints(args)
     meta = {"model": str(args.model or "default"), "property": [str(p) for p in paths]}
@@ -84,6 +99,7 @@ def cmd_design(args) -> int:
             raise
         print(f"crystalformer: warning: {err}", file=sys.stderr)
         result, code = err.result, 1
+    result.samples = relax_and_report(args, result.samples)
     counts = write_designs(result, args.out, args.overwrite, meta)
     s = result.summary()
     acc = ", ".join(f"{k} {v:.2f}" for k, v in s["acceptance"].items() if v is not None)
@@ -166,6 +182,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--beta", type=float, default=1.0, help="final inverse temperature on the likelihood (default 1)")
     p.add_argument("--beta-start", type=float, help="anneal geometrically from this inverse temperature")
     p.add_argument("--anneal-steps", type=int, help="steps of the annealing ramp (default half of --steps)")
+    p.add_argument("--hull", type=Path, metavar="TABLE",
+                   help="reference hull for the e_hull / e_form targets (default: the shipped one)")
+    p.add_argument("--energy-sigma", type=float, default=0.05,
+                   help="likelihood width of the e_hull / e_form targets in eV/atom (default 0.05)")
+    from ..physics.cli import add_relax_options
+
+    add_relax_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

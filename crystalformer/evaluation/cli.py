@@ -80,12 +80,20 @@ def cmd_evaluate_generation(args: argparse.Namespace) -> int:
             raise _usage_error(f"{flag} {path}: file or folder not found")
     if (args.struct_cutoff is None) != (args.comp_cutoff is None):
         raise _usage_error("give both --struct-cutoff and --comp-cutoff, or neither")
+    stability = None
+    if args.energy:
+        from ..physics.cli import stability_judge
+
+        stability = stability_judge(args)
+    elif args.hull is not None:
+        raise _usage_error("--hull needs --energy")
     report = _check_outputs(args)
     cutoffs = None if args.struct_cutoff is None else (args.struct_cutoff, args.comp_cutoff)
     result = evaluate_generation(args.samples, args.reference, dataset=args.dataset, cutoffs=cutoffs,
                                  n_wdist=args.n_wdist, max_reference=args.max_reference, max_samples=args.max_samples,
                                  seed=args.seed, workers=args.workers, coverage=not args.no_coverage,
-                                 novelty=not args.no_novelty, symprec=args.symprec, progress=not args.quiet)
+                                 novelty=not args.no_novelty, symprec=args.symprec, progress=not args.quiet,
+                                 stability=stability)
     return _finish(result, args, report)
 
 
@@ -134,6 +142,14 @@ def add_parser(sub) -> None:
     g.add_argument("--no-coverage", action="store_true", help="skip fingerprints and COV (the slow part)")
     g.add_argument("--no-novelty", action="store_true", help="skip uniqueness and novelty")
     _common(g)
+    g.add_argument("--energy", action="store_true",
+                   help="energy above hull of every valid sample (single point under the potential, at the "
+                        "structures as given: relax them first with `crystalformer relax`), the stable rate "
+                        "(E_hull <= 0.08 eV/atom) and S.U.N. (physics extra)")
+    g.add_argument("--hull", type=Path, metavar="TABLE",
+                   help="reference hull table (crystalformer physics build-hull); default: the shipped hull of "
+                        "the default model's training data under CHGNet (not the Materials Project hull)")
+    g.add_argument("--potential", default="chgnet", help="interatomic potential for --energy (default chgnet)")
     g.set_defaults(func=cmd_evaluate_generation)
     c = ev.add_parser("csp", help="CSP match rate and RMSE, k=1 and best-of-k",
                       description="Match predictions to targets by material_id; StructureMatcher(stol=0.5, "

@@ -35,7 +35,11 @@ def write_report(result: dict, path) -> Path:
 
 def _generation(plt, r: dict):
     d = r["plot_data"]
-    fig, ax = plt.subplots(2, 2, figsize=(12, 8))
+    stab = r.get("stability")
+    fig, ax = plt.subplots(2, 3 if stab else 2, figsize=(17 if stab else 12, 8))
+    if stab:
+        _e_hull(ax[0, 2], stab, r["metrics"])
+        ax[1, 2].axis("off")
     _sg_hist(ax[0, 0], d["sample_space_group"], d["reference_space_group"])
     _density(ax[0, 1], d["sample_density"], d["reference_density"], r["metrics"].get("wdist_density"))
     _nelem(ax[1, 0], d["sample_n_elements"], d["reference_n_elements"], r["metrics"].get("wdist_num_elems"))
@@ -50,9 +54,26 @@ def _generation(plt, r: dict):
     return fig
 
 
+def _e_hull(ax, stab: dict, m: dict):
+    vals = [x["e_hull"] for x in stab["per_sample"] if x["e_hull"] is not None]
+    cut = m.get("stable_cutoff", 0.08)
+    if vals:
+        hi = float(np.clip(np.percentile(vals, 98), cut + 0.1, 5.0))
+        clipped = np.clip(vals, min(min(vals), -0.2), hi)
+        ax.hist(clipped, bins=60, color="C0", alpha=0.8)
+        ax.axvline(cut, color="C3", ls="--", label=f"stable: E_hull <= {cut} eV/atom")
+        ax.legend()
+    ax.set_xlabel("E_hull (eV/atom; above the reference hull, last bin clipped)")
+    ax.set_ylabel("valid samples")
+    ax.set_title(f"stability under {stab.get('potential', '?')}: stable {100 * (m.get('stable_rate') or 0):.1f}%"
+                 + (f", S.U.N. {100 * m['sun_rate']:.1f}%" if m.get("sun_rate") is not None else "")
+                 + f"\n({m.get('n_no_hull', 0)} without hull)")
+
+
 def _title(r: dict) -> str:
     m = r["metrics"]
-    parts = [f"{k}={m[k]:.3f}" for k in ("valid", "cov_recall", "cov_precision", "uniqueness", "novelty", "sg_chi2")
+    parts = [f"{k}={m[k]:.3f}" for k in ("valid", "cov_recall", "cov_precision", "uniqueness", "novelty", "sg_chi2",
+                                        "stable_rate", "sun_rate")
              if m.get(k) is not None]
     return "generation: " + ", ".join(parts)
 

@@ -68,7 +68,8 @@ def _failures(results: list[dict], examples: int = 20) -> dict:
 def evaluate_generation(samples, reference, dataset: str | None = None, cutoffs: tuple[float, float] | None = None,
                         n_wdist: int = 1000, max_reference: int | None = None, max_samples: int | None = None,
                         seed: int = 0, workers: int = 1, coverage: bool = True, novelty: bool = True,
-                        symprec: float = 0.1, progress: bool = True, novelty_reference=None) -> dict:
+                        symprec: float = 0.1, progress: bool = True, novelty_reference=None,
+                        stability=None) -> dict:
     """Generation metrics of ``samples`` against ``reference`` (paths or lists of Entry).
 
     ``reference`` (and ``novelty_reference``) may also be an :class:`AnalyzedReference`, analysed
@@ -78,8 +79,12 @@ def evaluate_generation(samples, reference, dataset: str | None = None, cutoffs:
     ``dataset`` picks the coverage cutoffs (guessed from the reference path when None; MP-20's
     otherwise); ``cutoffs`` = (struct, comp) overrides it. ``max_reference`` / ``max_samples``
     subsample with ``seed`` (report it: the published numbers use the full sets).
+
+    ``stability``: a :class:`crystalformer.physics.stability.StabilityJudge`; adds the energy above
+    its hull of every valid sample, the stable rate and (with novelty) the S.U.N. rate.
     """
-    from .coverage import COV_CUTOFFS, coverage as cov_fn, cutoffs_for
+    from .coverage import COV_CUTOFFS, cutoffs_for
+    from .coverage import coverage as cov_fn
     from .distributions import property_wdist
     from .symmetry_stats import space_group_stats
 
@@ -121,8 +126,20 @@ def evaluate_generation(samples, reference, dataset: str | None = None, cutoffs:
                         [r["struct_fp"] for r in ref], [r["comp_fp"] for r in ref], *cutoffs, num_generated=n))
     m.update(space_group_stats([r["space_group"] for r in valid if r["space_group"]],
                                [r["space_group"] for r in ref_ok if r["space_group"]]))
+    flags = None
     if novelty:
-        m.update(_uniqueness_novelty(valid, ref_ok if novelty_ref is None else novelty_ref, workers, progress))
+        un = _uniqueness_novelty(valid, ref_ok if novelty_ref is None else novelty_ref, workers, progress)
+        flags = un.pop("flags", None)
+        m.update(un)
+    stab_records = None
+    if stability is not None:
+        from ..physics.stability import stability_metrics
+
+        stab_records = stability.judge([r["structure"] for r in valid])
+        unique = novel = None
+        if flags is not None:
+            unique, novel = [f[0] for f in flags], [f[1] for f in flags]
+        m.update(stability_metrics(stab_records, n, unique, novel, stability.cutoff))
     return {
         "task": "generation", "metrics": m,
         "counts": {"samples": n, "parsed": sum(r["parsed"] for r in res), "valid": len(valid),
@@ -140,6 +157,9 @@ def evaluate_generation(samples, reference, dataset: str | None = None, cutoffs:
                       "reference_space_group": [r["space_group"] for r in ref_ok if r["space_group"]],
                       "validity": {"parsed": sum(r["parsed"] for r in res), "struct_valid": sum(r["struct_valid"] for r in res),
                                    "comp_valid": sum(r["comp_valid"] for r in res), "valid": len(valid), "total": n}},
+        **({} if stab_records is None else {"stability": {
+            "hull": stability.hull_source, "potential": getattr(stability.potential, "name", "?"),
+            "per_sample": [{"name": r["name"], **rec} for r, rec in zip(valid, stab_records)]}}),
         "wall_s": round(time.perf_counter() - t0, 2),
     }
 
@@ -153,17 +173,26 @@ def _novel_job(job) -> bool:
 def _uniqueness_novelty(valid: list[dict], ref: list[dict], workers: int, progress: bool) -> dict:
     """Uniqueness of the valid samples; novelty of the valid samples against the parsed reference."""
     from .parallel import pmap
-    from .uniqueness import match_key, reference_index, uniqueness
+    from .uniqueness import match_key, reference_index, unique_classes
 
-    pairs = [(r["structure"], r["reduced"]) for r in valid if r["reduced"] is not None]
-    if not pairs:
-        return {"uniqueness": None, "novelty": None, "n_unique_novel_samples": 0}
-    structs, reduced = [p[0] for p in pairs], [p[1] for p in pairs]
+    """Also ``flags``: per valid sample (first of its class among the samples, novel); False without a cell."""
+    keep = [i for i, r in enumerate(valid) if r["reduced"] is not None]
+    if not keep:
+        return {"uniqueness": None, "novelty": None, "n_unique_novel_samples": 0, "flags": [(False, False)] * len(valid)}
+    structs, reduced = [valid[i]["structure"] for i in keep], [valid[i]["reduced"] for i in keep]
     index = reference_index([r["reduced"] for r in ref if r["reduced"] is not None])
     novel = pmap(_novel_job, [(x, index.get(match_key(x), [])) for x in reduced],
                  workers=workers, chunksize=1, desc="novelty", progress=progress)
-    return {"uniqueness": uniqueness(structs, reduced), "novelty": sum(novel) / len(structs),
-            "n_unique_novel_samples": len(structs)}
+    labels = unique_classes(structs, reduced)
+    seen, first = set(), []
+    for lab in labels:
+        first.append(lab not in seen)
+        seen.add(lab)
+    flags = [(False, False)] * len(valid)
+    for j, i in enumerate(keep):
+        flags[i] = (first[j], bool(novel[j]))
+    return {"uniqueness": len(seen) / len(structs), "novelty": sum(novel) / len(structs),
+            "n_unique_novel_samples": len(structs), "flags": flags}
 
 
 def _csp_job(job) -> list:

@@ -193,8 +193,21 @@ class CrystalFormer(nn.Module):
 
         return sample(self, n, **kwargs)
 
-    def predict_structure(self, composition, n: int = 20, **kwargs):
-        """Crystal structure prediction; see :func:`crystalformer.sampling.predict_structure`."""
+    def predict_structure(self, composition, n: int = 20, rank: str = "logp", **kwargs):
+        """Crystal structure prediction; see :func:`crystalformer.sampling.predict_structure`.
+
+        ``rank="energy"`` ranks by relaxed energy under an interatomic potential (the physics
+        extra): :func:`crystalformer.physics.ranking.predict_structure_by_energy`, whose options
+        (candidates, relax_top, potential, relax) it takes too.
+        """
+        if rank == "energy":
+            from ..physics import require
+            from ..physics.ranking import predict_structure_by_energy
+
+            require('rank="energy"')
+            return predict_structure_by_energy(self, composition, n, **kwargs)
+        if rank != "logp":
+            raise ValueError(f"rank must be 'logp' or 'energy', got {rank!r}")
         from ..sampling import predict_structure
 
         return predict_structure(self, composition, n, **kwargs)

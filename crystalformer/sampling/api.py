@@ -27,6 +27,7 @@ class Sample:
     values: list[float] = field(repr=False, default_factory=list)
     error: str | None = None
     prompt: str | None = None  # the composition prompt it was decoded with (CSP)
+    physics: dict | None = None  # energies, relaxation and ranks (crystalformer.physics), when computed
 
     def summary(self) -> dict:
         c = self.crystal
@@ -34,6 +35,8 @@ class Sample:
         if c is not None:
             out.update(space_group=c.space_group, formula=c.formula, num_atoms=c.num_atoms,
                        wyckoff=c.wyckoff_sequence, text=c.to_text())
+        if self.physics is not None:
+            out.update(self.physics)
         return out
 
 

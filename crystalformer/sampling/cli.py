@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from ..physics.cli import add_relax_options, check_physics, relax_and_report
+
 DEFAULT = "default"  # --refine without a path
 
 
@@ -31,13 +33,20 @@ def _symbols(text: str | None) -> list[str] | None:
 def _print_table(samples, limit: int = 12) -> None:
     shown = samples[:limit]
     width = max([16] + [len(s.crystal.formula) for s in shown if s.crystal is not None])
-    print(f"{'#':>3}  {'space group':>11}  {'formula':<{width}} {'atoms':>5}  {'log p':>9}  wyckoff")
+    energies = any(s.physics and s.physics.get("energy_per_atom") is not None for s in shown)
+    head = f"  {'eV/atom':>9}  relaxed" if energies else ""
+    print(f"{'#':>3}  {'space group':>11}  {'formula':<{width}} {'atoms':>5}  {'log p':>9}{head}  wyckoff")
     for i, s in enumerate(shown):
         c = s.crystal
+        e = ""
+        if energies:
+            ph = s.physics or {}
+            v = ph.get("energy_per_atom")
+            e = f"  {'-' if v is None else f'{v:.4f}':>9}  {'yes' if ph.get('relaxed') else 'no':>7}"
         if c is None:
-            print(f"{i:>3}  {'-':>11}  {'(not decoded)':<{width}} {'-':>5}  {s.log_likelihood:>9.2f}  {s.error}")
+            print(f"{i:>3}  {'-':>11}  {'(not decoded)':<{width}} {'-':>5}  {s.log_likelihood:>9.2f}{e}  {s.error}")
         else:
-            print(f"{i:>3}  {c.space_group:>11}  {c.formula:<{width}} {c.num_atoms:>5}  {s.log_likelihood:>9.2f}  "
+            print(f"{i:>3}  {c.space_group:>11}  {c.formula:<{width}} {c.num_atoms:>5}  {s.log_likelihood:>9.2f}{e}  "
                   f"{c.wyckoff_sequence}")
     if len(samples) > limit:
         print(f"... {len(samples) - limit} more in samples.json")
@@ -75,7 +84,12 @@ def _refine(args, samples) -> list:
 def _meta(args, command: str, wall: float, **extra) -> dict:
     return {"command": command, "model": str(args.model or "default"), "seed": args.seed,
             "refiner": None if args.refine is None else str(args.refine),
-            "temperature": args.temperature, "top_p": args.top_p, "wall_s": round(wall, 2), **extra}
+            "temperature": args.temperature, "top_p": args.top_p, "wall_s": round(wall, 2),
+            "relax": None if not (getattr(args, "relax", False) or getattr(args, "rank", None) == "energy") else
+            {"potential": args.potential, "fmax": args.fmax, "steps": args.relax_steps, "symmetric": not args.relax_free},
+            "rank": getattr(args, "rank", None),
+            "candidates": args.candidates if getattr(args, "rank", None) == "energy" else None,
+            "relax_top": args.relax_top if getattr(args, "rank", None) == "energy" else None, **extra}
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -83,12 +97,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .output import check_output_dir, write_samples
 
     check_output_dir(args.out, args.overwrite)
+    check_physics(args, args.relax)
     model = _load(args)
     t0 = time.time()
     result = sample(model, args.n, space_groups=args.space_group, elements=_symbols(args.elements),
                     temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
                     smc=not args.no_smc, progress=not args.quiet)
-    result.samples = _refine(args, result.samples)
+    result.samples = relax_and_report(args, _refine(args, result.samples))
     wall = time.time() - t0
     counts = write_samples(result.samples, args.out, overwrite=args.overwrite, p1=args.p1,
                            meta=_meta(args, "sample", wall, space_groups=args.space_group, elements=args.elements))
@@ -105,6 +120,9 @@ def cmd_csp(args: argparse.Namespace) -> int:
     if (args.composition is None) == (args.targets is None):
         raise _usage("csp needs exactly one of --composition FORMULA or --targets CSV")
     check_output_dir(args.out, args.overwrite)
+    check_physics(args, args.relax or args.rank == "energy")
+    if args.rank == "energy" and args.relax:
+        raise _usage("--rank energy relaxes the best candidates itself; leave out --relax")
     model = _load(args)
     if args.composition is not None:
         return _csp_one(args, model)
@@ -117,13 +135,32 @@ def _csp_options(args) -> dict:
                 n_particles=args.particles, temperature=args.temperature, top_p=args.top_p, smc=not args.no_smc)
 
 
-def _csp_one(args, model) -> int:
+def _predict(args, model, formula, cell, seed):
+    """predict_structure with --rank logp (refine / relax after), or --rank energy (refine before ranking)."""
     from .api import predict_structure
+
+    options = _csp_options(args)
+    if args.rank == "logp":
+        result = predict_structure(model, formula, cell=cell, seed=seed, **options)
+        result.samples = _refine(args, result.samples)
+        return result
+    from ..physics.cli import potential_from, relax_config
+    from ..physics.ranking import RankConfig, rank_by_energy
+
+    options["n"] = max(args.candidates, args.n)
+    result = predict_structure(model, formula, cell=cell, seed=seed, **options)
+    config = RankConfig(candidates=options["n"], relax_top=args.relax_top, relax=relax_config(args))
+    result.samples = rank_by_energy(_refine(args, result.samples), potential_from(args), n=args.n, config=config)
+    return result
+
+
+def _csp_one(args, model) -> int:
     from .output import write_samples
 
     t0 = time.time()
-    result = predict_structure(model, args.composition, cell=args.cell, seed=args.seed, **_csp_options(args))
-    result.samples = _refine(args, result.samples)
+    result = _predict(args, model, args.composition, args.cell, args.seed)
+    if args.rank == "logp":
+        result.samples = relax_and_report(args, result.samples)
     wall = time.time() - t0
     names = [f"rank_{i:03d}" for i in range(len(result))]
     extra = [{"rank": i} for i in range(len(result))]
@@ -131,7 +168,9 @@ def _csp_one(args, model) -> int:
                            meta=_meta(args, "csp", wall, composition=args.composition, cell=args.cell,
                                       log_evidence=result.log_evidence))
     _print_table(result.samples)
-    print(f"{counts['written']} CIFs in {args.out}, ranked by log-likelihood ({wall:.1f} s)")
+    how = "log-likelihood" if args.rank == "logp" else \
+        f"energy per atom ({args.relax_top} lowest of {max(args.candidates, args.n)} candidates relaxed, duplicates removed)"
+    print(f"{counts['written']} CIFs in {args.out}, ranked by {how} ({wall:.1f} s)")
     return 0
 
 
@@ -141,7 +180,6 @@ def _csp_targets(args, model) -> int:
 
     from ..errors import CrystalError
     from ..io import read_csv_records, structure_from_cif
-    from .api import predict_structure
     from .output import write_samples
 
     if not args.targets.is_file():
@@ -153,7 +191,7 @@ def _csp_targets(args, model) -> int:
         try:
             structure = structure_from_cif(rec.cif, f"{rec.source} row {rec.row}")
             formula = structure.get_primitive_structure().composition.formula
-            result = predict_structure(model, formula, cell="primitive", seed=args.seed + k, **_csp_options(args))
+            result = _predict(args, model, formula, "primitive", args.seed + k)
         except (ValueError, CrystalError) as err:
             skipped.append({"material_id": rec.material_id, "reason": str(err)})
             continue
@@ -161,7 +199,8 @@ def _csp_targets(args, model) -> int:
             samples.append(s)
             names.append(f"{rec.material_id}_{rank}")
             extra.append({"material_id": rec.material_id, "rank": rank, "target_formula": formula})
-    samples = _refine(args, samples)
+    if args.rank == "logp":
+        samples = relax_and_report(args, samples)
     wall = time.time() - t0
     counts = write_samples(samples, args.out, overwrite=args.overwrite, p1=args.p1, names=names, extra=extra,
                            meta=_meta(args, "csp --targets", wall, targets=str(args.targets), skipped=skipped,
@@ -176,14 +215,15 @@ def _csp_targets(args, model) -> int:
 def cmd_infill(args: argparse.Namespace) -> int:
     from ..crystal import Crystal
     from ..io import to_structure
-    from .substitution import infill
     from .output import check_output_dir, write_samples
+    from .substitution import infill
 
     if (args.sites is None) == (args.element is None):
         raise _usage("infill needs exactly one of --sites I,J,... or --element SYMBOL")
     if not args.template.is_file():
         raise _usage(f"--template {args.template}: file not found")
     check_output_dir(args.out, args.overwrite)
+    check_physics(args, args.relax)
     model = _load(args)
     template = Crystal.from_structure(to_structure(str(args.template)))
     sites = args.element if args.element else [int(i) for i in _symbols(args.sites)]
@@ -201,7 +241,7 @@ def cmd_infill(args: argparse.Namespace) -> int:
     from .api import Sample
 
     chosen = result.candidates[:args.n]
-    samples = _refine(args, [Sample(c.crystal, c.log_p) for c in chosen])
+    samples = relax_and_report(args, _refine(args, [Sample(c.crystal, c.log_p) for c in chosen]))
     extra = [{"rank": i, "probability": c.probability, "assignment": {str(k): v for k, v in c.assignment.items()}}
              for i, c in enumerate(chosen)]
     counts = write_samples(samples, args.out, overwrite=args.overwrite, p1=args.p1, names=[f"rank_{i:03d}" for i in
@@ -228,6 +268,7 @@ def _common(p, n_default: int) -> None:
                    help="refine atomic positions with the shipped refiner, or with this refiner model folder "
                         "(crystalformer train-refiner)")
     p.add_argument("--sigma-start", type=float, default=0.05, help="noise level refinement starts from (default 0.05)")
+    add_relax_options(p)
     p.add_argument("--p1", action="store_true",
                    help="write CIFs in P1 (every atom, identity operation) instead of the generated space group "
                         "with its operations and Wyckoff sites")
@@ -263,6 +304,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--formula-units", help="allowed formula units per conventional cell, e.g. 1,2,4")
     p.add_argument("--max-atoms", type=int, default=80, help="most atoms per conventional cell (reduced formulas)")
     p.add_argument("--particles", type=int, help="SMC particles per composition (default max(2n, 64))")
+    p.add_argument("--rank", choices=("logp", "energy"), default="logp",
+                   help="order the predictions by log-likelihood (default) or by energy: decode --candidates, "
+                        "remove duplicates, relax the --relax-top lowest single points with the potential and "
+                        "rank by relaxed energy per atom (physics extra)")
+    p.add_argument("--candidates", type=int, default=64, help="crystals decoded for --rank energy (default 64)")
+    p.add_argument("--relax-top", type=int, default=8, help="candidates relaxed for --rank energy (default 8)")
     p.set_defaults(func=cmd_csp)
 
     p = sub.add_parser("infill", help="substitute elements in a template crystal",

@@ -1,0 +1,230 @@
+"""``crystalformer relax`` and ``crystalformer physics build-hull``, plus the shared physics options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+
+def _usage(msg: str):
+    from ..cli import UsageError
+
+    return UsageError(msg)
+
+
+def add_relax_options(p, flag: bool = True) -> None:
+    """``--relax`` (when ``flag``), ``--relax-free``, ``--fmax``, ``--relax-steps``, ``--potential``."""
+    if flag:
+        p.add_argument("--relax", action="store_true",
+                       help='relax every crystal with the interatomic potential (needs pip install '
+                            '"crystalformer[physics]"); energies go into samples.json')
+    p.add_argument("--relax-free", action="store_true",
+                   help="let relaxation break the generated space group (default: keep it, ASE FixSymmetry)")
+    p.add_argument("--fmax", type=float, default=0.05, help="relaxation force threshold in eV/Å (default 0.05)")
+    p.add_argument("--relax-steps", type=int, default=300, help="most FIRE steps per relaxation (default 300)")
+    p.add_argument("--potential", default="chgnet", help="interatomic potential (default chgnet)")
+
+
+def relax_config(args):
+    from .relax import RelaxConfig
+
+    try:
+        return RelaxConfig(fmax=args.fmax, steps=args.relax_steps, symmetric=not args.relax_free)
+    except ValueError as err:
+        raise _usage(str(err).replace("RelaxConfig.fmax", "--fmax").replace("RelaxConfig.steps", "--relax-steps")) \
+            from None
+
+
+def potential_from(args):
+    """The potential named by ``--potential`` (one-line error without the physics extra)."""
+    from .potential import load_potential
+
+    return load_potential(args.potential, device=getattr(args, "device", "cpu"))
+
+
+def check_physics(args, wanted: bool, what: str | None = None) -> None:
+    """Before any work: the physics extra is there when an option needs it (``what`` names the option)."""
+    if wanted:
+        from . import require
+
+        if what is None:
+            what = "--rank energy" if getattr(args, "rank", None) == "energy" else "--relax"
+        require(what)
+        relax_config(args)
+
+
+def relax_and_report(args, samples) -> list:
+    """``--relax``: the samples relaxed (a line of counts printed); unchanged otherwise."""
+    if not getattr(args, "relax", False):
+        return samples
+    from .samples import relax_samples
+
+    relaxed, counts = relax_samples(samples, potential_from(args), relax_config(args),
+                                    progress=not getattr(args, "quiet", False))
+    print("relaxation: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return relaxed
+
+
+def stability_judge(args):
+    """``--energy`` of evaluate: the potential and the hull (``--hull`` or the shipped one)."""
+    from . import require
+    from .hull import ReferenceHull
+    from .stability import StabilityJudge
+
+    require("--energy")
+    path = args.hull if args.hull is not None else default_hull_path()
+    return StabilityJudge(ReferenceHull.load(path), potential_from(args), hull_source=str(path))
+
+
+def default_hull_path() -> Path:
+    """The shipped hull: mp_20 + mpts_52 train under CHGNet (the default model's training data)."""
+    from ..defaults import ROOT
+
+    path = ROOT / "hull" / "mp20_mpts52_train_chgnet.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the shipped hull table is missing from this installation; build one "
+                                f"with `crystalformer physics build-hull` and pass --hull")
+    return path
+
+
+# ---------------------------------------------------------------------- relax
+def _structure_cif(structure, name: str) -> tuple[str, bool]:
+    """(CIF text, symmetric): the generated-symmetry writer when the structure is representable, else P1."""
+    from ..cif import crystal_cif
+    from ..crystal import Crystal
+    from ..errors import CrystalError
+
+    try:
+        return crystal_cif(Crystal.from_structure(structure), name), True
+    except (CrystalError, ValueError):
+        from pymatgen.io.cif import CifWriter
+
+        return str(CifWriter(structure)), False
+
+
+def cmd_relax(args: argparse.Namespace) -> int:
+    from ..atomic import swap_into_place, temporary_sibling
+    from ..evaluation.loading import load_entries
+    from ..io import structure_from_cif
+    from ..sampling.output import check_output_dir
+    from . import require
+    from .relax import relax_one
+
+    require("crystalformer relax")
+    config = relax_config(args)
+    if not args.input.exists():
+        raise _usage(f"{args.input}: file or folder not found")
+    check_output_dir(args.out, args.overwrite)
+    entries = load_entries(args.input)
+    if not entries:
+        raise _usage(f"{args.input}: no crystals found")
+    potential = potential_from(args)
+    items, rows = [], []
+    for e in entries:
+        if e.cif is None:
+            rows.append({"name": e.name, "file": None, "relaxed": False, "error": e.error or "no structure"})
+            continue
+        try:
+            s = structure_from_cif(e.cif, e.name)
+            if not s.is_ordered:
+                raise ValueError(f"{e.name}: disordered sites cannot be relaxed")
+            items.append((e, s))
+        except ValueError as err:
+            rows.append({"name": e.name, "file": None, "relaxed": False, "error": f"unreadable: {err}"})
+    from tqdm.auto import tqdm
+
+    tmp = temporary_sibling(args.out)
+    counts: Counter = Counter(unreadable=len(rows))
+    t0 = time.time()
+    used: set[str] = set()
+    try:
+        for e, s in tqdm(items, desc="relax", unit="structure", disable=args.quiet):
+            r = relax_one(s, potential, config)
+            name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in e.name) or "structure"
+            while name in used:
+                name += "_"
+            used.add(name)
+            text, symmetric = _structure_cif(r.structure, name)
+            (tmp / f"{name}.cif").write_text(text, encoding="utf-8")
+            counts["relaxed" if r.relaxed else "kept unrelaxed"] += 1
+            rows.append({"name": e.name, "file": f"{name}.cif", "material_id": e.material_id, "rank": e.rank,
+                         "formula": r.structure.composition.formula, "num_atoms": len(r.structure),
+                         "symmetric_cif": symmetric, "potential": potential.name, **r.summary()})
+        payload = {"meta": {"command": "relax", "input": str(args.input), "potential": potential.name,
+                            "fmax": config.fmax, "steps": config.steps, "symmetric": config.symmetric,
+                            "wall_s": round(time.time() - t0, 2)},
+                   "counts": dict(counts), "samples": rows}
+        (tmp / "samples.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    swap_into_place(tmp, args.out)
+    failed = [r for r in rows if not r.get("relaxed")]
+    print(f"relaxed {counts['relaxed']} of {len(entries)} structures in {time.time() - t0:.1f} s; "
+          f"{len(failed)} kept unrelaxed or unreadable (reasons in samples.json); written to {args.out}")
+    for reason, k in Counter((r.get("error") or "not converged").split(":")[0] for r in failed).most_common(5):
+        print(f"  {k} x {reason}")
+    return 0
+
+
+# ---------------------------------------------------------------------- build-hull
+def cmd_build_hull(args: argparse.Namespace) -> int:
+    from . import require
+    from .build import build_hull
+    from .relax import RelaxConfig
+
+    require("crystalformer physics build-hull")
+    for path in args.csv:
+        if not path.is_file():
+            raise _usage(f"--csv {path}: file not found")
+    if args.relax_within < 0:
+        raise _usage(f"--relax-within must be >= 0, got {args.relax_within}")
+    rep = build_hull(args.csv, args.out, potential_from(args), workdir=args.workdir,
+                     relax_within=args.relax_within, config=RelaxConfig(fmax=args.fmax, steps=args.relax_steps),
+                     time_limit_min=args.time_limit, progress=not args.quiet)
+    print(f"{args.out}: {rep.n_stable} stable entries from {rep.n_single_points} single points "
+          f"({sum(rep.n_skipped.values())} inputs skipped: {rep.n_skipped or 'none'}); relaxed {rep.n_relaxed} of "
+          f"{rep.n_near_hull} entries within {args.relax_within} eV/atom of the hull"
+          + ("" if rep.max_relax_drop is None else f" (largest drop {rep.max_relax_drop:.3f} eV/atom)")
+          + f"; {rep.wall_s:.0f} s")
+    if rep.n_relaxed < rep.n_near_hull:
+        print(f"note: {rep.n_near_hull - rep.n_relaxed} near-hull entries were not relaxed (time limit); run the "
+              f"same command again to continue")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("relax", help="relax crystals with an interatomic potential (physics extra)",
+                       description="FIRE relaxation of positions and cell of every crystal in a folder of CIFs, a "
+                                   "CIF file, a CDVAE CSV or a samples folder; the space group is kept unless "
+                                   "--relax-free. Writes CIFs and samples.json (energies, steps, converged).")
+    p.add_argument("input", type=Path, metavar="IN", help="CIF file or folder, CSV, samples folder or samples.json")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    add_relax_options(p, flag=False)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_relax)
+
+    physics = sub.add_parser("physics", help="reference energies for stability (physics extra)").add_subparsers(
+        dest="physics_command", metavar="COMMAND", required=True)
+    p = physics.add_parser("build-hull", help="a reference convex hull from training crystals under the potential",
+                           description="Single-point energies of every crystal of the CSVs, relaxation of those "
+                                       "near the hull, and the stable entries written as a CSV table. This is the "
+                                       "hull of YOUR data under the potential, not the Materials Project hull.")
+    p.add_argument("--csv", type=Path, action="append", required=True, metavar="CSV", help="CDVAE-format CSV "
+                   "(repeatable)")
+    p.add_argument("--out", type=Path, required=True, metavar="TABLE", help="hull table to write (.csv)")
+    p.add_argument("--workdir", type=Path, help="where work in progress is kept (default TABLE.work)")
+    p.add_argument("--relax-within", type=float, default=0.05,
+                   help="relax entries within this many eV/atom of the single-point hull (default 0.05)")
+    p.add_argument("--time-limit", type=float, metavar="MIN", help="stop relaxing after MIN minutes")
+    p.add_argument("--fmax", type=float, default=0.05)
+    p.add_argument("--relax-steps", type=int, default=200)
+    p.add_argument("--potential", default="chgnet")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_build_hull)

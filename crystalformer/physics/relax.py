@@ -1,0 +1,153 @@
+"""FIRE relaxation of atomic positions and cell under a :class:`~.potential.Potential`.
+
+By default the space group the structure was generated in is kept (ASE ``FixSymmetry``
+symmetrizes forces, stress and steps); ``symmetric=False`` lets it break. A relaxation that
+raises, produces a non-finite energy or "explodes" (cell volume off by more than
+``max_volume_ratio``, atoms closer than 0.5 Å) is not dropped: its result keeps the input
+structure with its single-point energy, ``relaxed=False`` and the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import require
+
+MIN_DISTANCE = 0.5  # Å: below this a relaxed structure is counted as exploded
+
+
+@dataclass(frozen=True)
+class RelaxConfig:
+    fmax: float = 0.05  # eV/Å: converged when every force (and the scaled stress) is below
+    steps: int = 300  # FIRE steps at most
+    symmetric: bool = True  # keep the input's space group (FixSymmetry)
+    cell: bool = True  # relax the cell too (FrechetCellFilter)
+    symprec: float = 0.01  # Å, symmetry tolerance of FixSymmetry and of the space-group check
+    max_volume_ratio: float = 3.0  # a relaxed volume outside [V/r, V*r] counts as an explosion
+
+    def __post_init__(self):
+        for name, value in (("fmax", self.fmax), ("symprec", self.symprec)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"RelaxConfig.{name} must be a positive number, got {value!r}")
+        if not (isinstance(self.steps, int) and self.steps >= 0):
+            raise ValueError(f"RelaxConfig.steps must be an integer >= 0, got {self.steps!r}")
+        if not (math.isfinite(self.max_volume_ratio) and self.max_volume_ratio > 1):
+            raise ValueError(f"RelaxConfig.max_volume_ratio must be > 1, got {self.max_volume_ratio!r}")
+
+
+@dataclass
+class RelaxResult:
+    structure: object  # pymatgen Structure: relaxed, or the input when the relaxation failed
+    energy_per_atom: float  # eV/atom of ``structure`` (NaN when even the single point failed)
+    initial_energy_per_atom: float
+    steps: int
+    converged: bool
+    relaxed: bool  # False: the relaxation failed or exploded and ``structure`` is the input
+    error: str | None = None
+    space_group_before: int | None = None
+    space_group_after: int | None = None
+    wall_s: float = 0.0
+
+    def summary(self) -> dict:
+        """JSON fields (no structure)."""
+        out = asdict(self)
+        out.pop("structure")
+        for k in ("energy_per_atom", "initial_energy_per_atom"):
+            out[k] = None if not math.isfinite(out[k]) else round(out[k], 5)
+        out["wall_s"] = round(out["wall_s"], 3)
+        return out
+
+
+def _space_group(atoms, symprec: float) -> int | None:
+    import spglib
+
+    cell = (atoms.cell[:], atoms.get_scaled_positions(wrap=True), atoms.numbers)
+    try:
+        data = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    except Exception:  # noqa: BLE001 - spglib signals failure in several ways across versions
+        return None
+    return None if data is None else int(data.number)
+
+
+def _min_distance(atoms) -> float:
+    if len(atoms) == 1:
+        return float(min(atoms.cell.lengths()))
+    d = atoms.get_all_distances(mic=True)
+    return float(np.min(d[np.triu_indices(len(atoms), 1)]))
+
+
+def relax_one(structure, potential, config: RelaxConfig = RelaxConfig()) -> RelaxResult:
+    """Relax one pymatgen Structure; never raises for a bad structure (see the module text)."""
+    require("relaxation")
+    from ase.constraints import FixSymmetry
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    t0 = time.perf_counter()
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.calc = potential.calculator()
+    n = len(atoms)
+    sg_before = _space_group(atoms, config.symprec)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            e0 = float(atoms.get_potential_energy()) / n
+    except Exception as err:  # noqa: BLE001
+        return RelaxResult(structure, math.nan, math.nan, 0, False, False,
+                           f"potential: {type(err).__name__}: {str(err)[:200]}", sg_before, sg_before,
+                           time.perf_counter() - t0)
+
+    def failed(reason: str, steps: int) -> RelaxResult:
+        return RelaxResult(structure, e0 if math.isfinite(e0) else math.nan, e0, steps, False, False, reason,
+                           sg_before, sg_before, time.perf_counter() - t0)
+
+    if not math.isfinite(e0):
+        return failed("potential: non-finite energy", 0)
+    v0 = atoms.get_volume()
+    steps = 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if config.symmetric:
+                atoms.set_constraint(FixSymmetry(atoms, symprec=config.symprec))
+            target = FrechetCellFilter(atoms) if config.cell else atoms
+            opt = FIRE(target, logfile=None)
+            converged = bool(opt.run(fmax=config.fmax, steps=config.steps))
+            steps = int(opt.nsteps)
+            e = float(atoms.get_potential_energy()) / n
+    except Exception as err:  # noqa: BLE001 - kept unrelaxed, with the reason
+        return failed(f"relaxation: {type(err).__name__}: {str(err)[:200]}", steps)
+    if not math.isfinite(e):
+        return failed("exploded: non-finite energy", steps)
+    ratio = atoms.get_volume() / v0
+    if not (1 / config.max_volume_ratio <= ratio <= config.max_volume_ratio):
+        return failed(f"exploded: volume changed {ratio:.2f}x", steps)
+    dmin = _min_distance(atoms)
+    if dmin < MIN_DISTANCE:
+        return failed(f"exploded: atoms {dmin:.2f} Å apart", steps)
+    atoms.set_constraint()
+    relaxed = AseAtomsAdaptor.get_structure(atoms)
+    return RelaxResult(relaxed, e, e0, steps, converged, True, None, sg_before,
+                       _space_group(atoms, config.symprec), time.perf_counter() - t0)
+
+
+def relax_structures(structures, potential, config: RelaxConfig = RelaxConfig(), progress: bool = False,
+                     desc: str = "relax") -> list[RelaxResult]:
+    """:func:`relax_one` over ``structures``, in order.
+
+    One structure at a time: CHGNet's batched forces and stress are no faster per structure on a
+    CPU (0.09 s one at a time against 0.19 s in batches of 32, measured here), so ASE's
+    per-structure FIRE is also the fastest way.
+    """
+    structures = list(structures)
+    if progress:
+        from tqdm.auto import tqdm
+
+        structures = tqdm(structures, desc=desc, unit="structure")
+    return [relax_one(s, potential, config) for s in structures]

@@ -1,0 +1,410 @@
+"""Physics in the loop: the potential interface, relaxation, hulls, energy ranking and stability.
+
+Independent facts: rock-salt NaCl relaxes back to a = 5.6-5.7 Å from a compressed cell; diamond
+Si keeps Fd-3m under symmetry-constrained relaxation; rock salt lies below CsCl-type NaCl; the
+linear-programming hull agrees with pymatgen's PhaseDiagram; every physics option without the
+extra stops with one line naming the install command.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pymatgen")
+from pymatgen.core import Lattice, Structure
+
+from crystalformer.physics.hull import Entry, ReferenceHull, read_entries
+from crystalformer.physics.relax import RelaxConfig, relax_one
+
+HAS_CHGNET = importlib.util.find_spec("chgnet") is not None and importlib.util.find_spec("ase") is not None
+needs_chgnet = pytest.mark.skipif(not HAS_CHGNET, reason='needs pip install "crystalformer[physics]"')
+
+
+def rock_salt(a: float = 5.64) -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def cscl_type(a: float = 3.3) -> Structure:
+    return Structure(Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+@pytest.fixture(scope="module")
+def chgnet():
+    from crystalformer.physics.potential import load_potential
+
+    return load_potential("chgnet")
+
+
+# ---------------------------------------------------------------------- hull (no potential needed)
+def _random_entries(rng, n: int = 40) -> list[Entry]:
+    """A Li-Fe-O set: elements at 0 eV/atom-ish plus binaries and ternaries with random energies."""
+    entries = [Entry("Li", -1.9), Entry("Fe", -8.3), Entry("O", -4.9), Entry("Li", -1.7)]
+    for _ in range(n):
+        li, fe, o = rng.integers(0, 5, size=3)
+        if li + fe + o < 2 or (li > 0) + (fe > 0) + (o > 0) < 2:
+            continue
+        formula = "".join(f"{el}{k}" for el, k in (("Li", li), ("Fe", fe), ("O", o)) if k)
+        entries.append(Entry(formula, float(rng.uniform(-7.5, -3.0))))
+    return entries
+
+
+def test_hull_agrees_with_pymatgen_phase_diagram():
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+    rng = np.random.default_rng(0)
+    entries = _random_entries(rng)
+    hull = ReferenceHull(entries)
+    pd = PhaseDiagram([PDEntry(Composition(e.formula), e.energy_per_atom * Composition(e.formula).num_atoms)
+                       for e in entries])
+    for formula in ("LiFeO2", "Li2O", "Fe2O3", "Li5FeO4", "Li", "FeO", "LiFe3O7"):
+        comp = Composition(formula)
+        for e in (-6.0, -4.0, -2.0):
+            ours = hull.e_above_hull(formula, e)
+            theirs = pd.get_e_above_hull(PDEntry(comp, e * comp.num_atoms), allow_negative=True)
+            assert ours == pytest.approx(theirs, abs=1e-6), (formula, e)
+    stable_ours = {Composition(e.formula).reduced_formula for e in hull.stable_entries()}
+    stable_pm = {e.composition.reduced_formula for e in pd.stable_entries}
+    assert stable_ours == stable_pm
+
+
+def test_hull_without_an_element_is_undefined_and_tables_round_trip(tmp_path):
+    hull = ReferenceHull([Entry("Na", -1.3), Entry("Cl", -1.8), Entry("NaCl", -3.4, "mp-22862", "x", True)])
+    assert hull.e_above_hull("NaCl", -3.4) == pytest.approx(0.0, abs=1e-9)
+    assert hull.e_above_hull("NaCl", -3.0) == pytest.approx(0.4)
+    assert hull.e_above_hull("KCl", -3.0) is None and hull.missing_elements("KCl") == ["K"]
+    assert hull.e_above_hull("NaCl", math.nan) is None
+    path = hull.save(tmp_path / "hull.csv")
+    again = ReferenceHull.load(path)
+    assert [e.formula for e in again.entries] == ["Na", "Cl", "NaCl"] and again.entries[2].relaxed
+    assert again.e_above_hull("Na2Cl", -2.5) == pytest.approx(hull.e_above_hull("Na2Cl", -2.5))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("formula,energy_per_atom\nNaCl,abc\n")
+    with pytest.raises(ValueError, match="bad.csv row 2"):
+        read_entries(bad)
+    bad.write_text("formula,energy_per_atom\nNaCl,nan\n")
+    with pytest.raises(ValueError, match="row 2: energy_per_atom is nan"):
+        read_entries(bad)
+    with pytest.raises(ValueError, match="at least one reference"):
+        ReferenceHull([])
+
+
+# ---------------------------------------------------------------------- a stand-in potential
+class PairPotential:
+    """A tiny Lennard-Jones-like stand-in (ASE's LJ) with per-structure energies; no CHGNet needed."""
+
+    name = "lj"
+
+    def __init__(self, fail_on: str | None = None):
+        self.fail_on = fail_on
+
+    def energies(self, structures, batch_size: int = 32):
+        out, errors = [], []
+        for s in structures:
+            if self.fail_on and self.fail_on in s.composition.formula:
+                out.append(np.nan)
+                errors.append("potential: refused")
+                continue
+            d = s.distance_matrix + np.eye(len(s)) * 1e9
+            out.append(float(-1.0 - 0.1 / d.min()))
+            errors.append(None)
+        return np.array(out), errors
+
+    def calculator(self):
+        from ase.calculators.lj import LennardJones
+
+        return LennardJones(sigma=2.5, epsilon=0.01, rc=6.0)
+
+
+class BrokenPotential(PairPotential):
+    def calculator(self):
+        from ase.calculators.calculator import Calculator
+
+        class Boom(Calculator):
+            implemented_properties = ("energy", "forces", "stress")
+
+            def calculate(self, atoms=None, properties=None, system_changes=None):
+                raise RuntimeError("graph construction failed")
+
+        return Boom()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ase") is None, reason="needs ase")
+def test_failed_relaxation_keeps_the_structure_with_its_reason(monkeypatch):
+    import crystalformer.physics.relax as relax_mod
+
+    monkeypatch.setattr(relax_mod, "require", lambda what="": None)
+    s = rock_salt()
+    r = relax_one(s, BrokenPotential())
+    assert not r.relaxed and not r.converged and r.structure is s
+    assert r.error.startswith("potential: RuntimeError: graph construction failed")
+    summary = r.summary()
+    assert summary["energy_per_atom"] is None and "structure" not in summary
+
+
+@pytest.mark.parametrize("field, value", [("fmax", 0.0), ("fmax", math.nan), ("steps", -1),
+                                          ("max_volume_ratio", 1.0), ("symprec", -0.1)])
+def test_relax_config_refuses_nonsense(field, value):
+    with pytest.raises(ValueError, match=field):
+        RelaxConfig(**{field: value})
+
+
+def test_build_hull_and_stability_with_a_stand_in_potential(tmp_path, data_dir, monkeypatch):
+    pytest.importorskip("ase")
+    import crystalformer.physics.relax as relax_mod
+    from crystalformer.physics.build import build_hull
+    from crystalformer.physics.stability import StabilityJudge, stability_metrics
+
+    monkeypatch.setattr(relax_mod, "require", lambda what="": None)
+    pot = PairPotential()
+    rep = build_hull([data_dir / "mp20_sample.csv"], tmp_path / "hull.csv", pot, relax_within=0.0,
+                     config=RelaxConfig(steps=3), progress=False)
+    entries = read_entries(tmp_path / "hull.csv")
+    assert rep.n_stable == len(entries) > 0 and rep.n_single_points == rep.n_inputs
+    assert rep.n_relaxed <= rep.n_near_hull
+    again = build_hull([data_dir / "mp20_sample.csv"], tmp_path / "hull.csv", pot, relax_within=0.0,
+                       config=RelaxConfig(steps=3), progress=False, prototypes=False)  # resumes: nothing to relax
+    assert again.n_relaxed == rep.n_relaxed and again.n_stable <= rep.n_stable and again.n_prototypes == 0
+    assert rep.n_prototypes > 0  # the fixture's metals have no elemental entries
+    hull = ReferenceHull(entries)
+    judge = StabilityJudge(hull, PairPotential(fail_on="Xe"))
+    structs = [rock_salt(), Structure(Lattice.cubic(4.0), ["Xe"], [[0, 0, 0]])]
+    recs = judge.judge(structs)
+    assert recs[1]["energy_per_atom"] is None and recs[1]["reason"] == "potential: refused"
+    m = stability_metrics(recs, 4, [True, True], [True, False])
+    assert m["n_potential_failed"] == 1 and m["n_energy"] == 1
+    assert m["stable_rate"] == (0.25 if recs[0]["e_hull"] is not None and recs[0]["e_hull"] <= 0.08 else 0.0)
+
+
+# ---------------------------------------------------------------------- CHGNet: facts
+@needs_chgnet
+def test_compressed_rock_salt_relaxes_back(chgnet):
+    r = relax_one(rock_salt(5.2), chgnet, RelaxConfig(fmax=0.02, steps=300))
+    assert r.relaxed and r.converged, r.error
+    conventional = r.structure.get_primitive_structure().lattice.abc[0] * math.sqrt(2)
+    assert 5.55 < conventional < 5.75, conventional
+    assert r.space_group_before == r.space_group_after == 225
+    assert r.energy_per_atom < r.initial_energy_per_atom
+
+
+@needs_chgnet
+def test_diamond_silicon_keeps_fd3m(chgnet):
+    si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.3), ["Si"], [[0, 0, 0]])
+    si.perturb(0.02, min_distance=0.01)  # small random displacements: FixSymmetry must remove them
+    r = relax_one(si.copy(), chgnet, RelaxConfig(symprec=0.05))
+    assert r.relaxed, r.error
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    assert SpacegroupAnalyzer(r.structure, symprec=0.01).get_space_group_number() == 227
+    assert 5.4 < r.structure.get_primitive_structure().lattice.abc[0] * math.sqrt(2) < 5.55
+
+
+@needs_chgnet
+def test_energy_ranks_rock_salt_below_cscl_type(chgnet):
+    from crystalformer import Crystal
+    from crystalformer.physics.ranking import RankConfig, RankStats, rank_by_energy
+    from crystalformer.sampling.api import Sample
+
+    samples = [Sample(Crystal.from_structure(cscl_type()), -1.0), Sample(Crystal.from_structure(rock_salt()), -5.0),
+               Sample(Crystal.from_structure(rock_salt(5.7)), -6.0)]  # a duplicate of rock salt
+    stats = RankStats()
+    ranked = rank_by_energy(samples, chgnet, config=RankConfig(relax_top=2), stats=stats)
+    assert [s.crystal.space_group for s in ranked] == [225, 221]
+    assert stats.duplicates >= 1 and stats.relaxed == 2
+    top = ranked[0].physics
+    assert top["energy_rank"] == 0 and top["log_p_rank"] in (1, 2) and top["relaxed"]
+    assert top["energy_per_atom"] < ranked[1].physics["energy_per_atom"]
+
+
+@needs_chgnet
+def test_batched_energies_match_one_at_a_time_and_name_failures(chgnet):
+    structs = [rock_salt(), cscl_type(), rock_salt(6.0)]
+    batch, errors = chgnet.energies(structs, batch_size=3)
+    single = [chgnet.energies([s], batch_size=1)[0][0] for s in structs]
+    assert errors == [None] * 3
+    assert np.allclose(batch, single, atol=1e-4)
+
+
+# ---------------------------------------------------------------------- CLI
+def _nacl_folder(tmp_path):
+    from pymatgen.io.cif import CifWriter
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    CifWriter(rock_salt(5.3)).write_file(folder / "nacl.cif")
+    (folder / "broken.cif").write_text("data_x\n_cell_length_a 3\n")
+    return folder
+
+
+@needs_chgnet
+def test_relax_command_writes_energies_and_counts_unreadable(tmp_path, capsys):
+    from crystalformer.cli import main
+
+    out = tmp_path / "out"
+    assert main(["relax", str(_nacl_folder(tmp_path)), "--out", str(out), "--quiet"]) == 0
+    data = json.loads((out / "samples.json").read_text())
+    rows = {r["name"]: r for r in data["samples"]}
+    assert rows["nacl"]["relaxed"] and rows["nacl"]["energy_per_atom"] < rows["nacl"]["initial_energy_per_atom"]
+    assert rows["nacl"]["symmetric_cif"] and (out / "nacl.cif").is_file()
+    assert not rows["broken"]["relaxed"] and rows["broken"]["error"].startswith("unreadable")
+    assert "_symmetry_space_group_name_H-M" in (out / "nacl.cif").read_text() or \
+        "_space_group_name_H-M_alt" in (out / "nacl.cif").read_text()
+    assert "relaxed 1 of 2" in capsys.readouterr().out
+
+
+@needs_chgnet
+def test_csp_rank_energy_end_to_end(tmp_path, capsys):
+    from crystalformer.cli import main
+
+    out = tmp_path / "csp"
+    code = main(["csp", "--composition", "NaCl", "--rank", "energy", "--n", "3", "--candidates", "8",
+                 "--relax-top", "2", "--relax-steps", "60", "--out", str(out), "--quiet"])
+    assert code == 0
+    rows = json.loads((out / "samples.json").read_text())["samples"]
+    assert 1 <= len(rows) <= 3
+    energies = [r["energy_per_atom"] for r in rows]
+    relaxed = [r for r in rows if r["relaxed"]]
+    assert relaxed and all(r["energy_rank"] == i for i, r in enumerate(rows))
+    assert energies[:len(relaxed)] == sorted(energies[:len(relaxed)])
+    assert all("log_p_rank" in r and "single_point_energy_per_atom" in r for r in rows)
+    assert "ranked by energy per atom" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["relax", "IN", "--out", "OUT"],
+    ["csp", "--composition", "NaCl", "--rank", "energy", "--out", "OUT"],
+    ["csp", "--composition", "NaCl", "--relax", "--out", "OUT"],
+    ["sample", "--n", "2", "--relax", "--out", "OUT"],
+    ["infill", "--template", "IN/nacl.cif", "--element", "Na", "--relax", "--out", "OUT"],
+    ["evaluate", "generation", "--samples", "IN", "--reference", "IN/nacl.cif", "--energy", "--json", "OUT.json"],
+    ["physics", "build-hull", "--csv", "CSV", "--out", "OUT.csv"],
+    ["design", "--target", "e_hull<0.05", "--out", "OUT"],
+])
+def test_every_physics_option_without_the_extra_is_one_line(argv, tmp_path, data_dir, monkeypatch, capsys):
+    from crystalformer.cli import main
+
+    folder = _nacl_folder(tmp_path)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("chgnet", "ase")
+                        else real(name, *a))
+    subst = {"IN": str(folder), "OUT": str(tmp_path / "out"), "CSV": str(data_dir / "mp20_sample.csv")}
+    argv = [subst.get(a, a.replace("IN/", f"{folder}/").replace("OUT.", f"{tmp_path}/out.")) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'pip install "crystalformer[physics]"' in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+@needs_chgnet
+def test_design_aims_at_e_hull_scored_by_the_potential(tmp_path):
+    from crystalformer.cli import main
+
+    hull = tmp_path / "hull.csv"
+    ReferenceHull([Entry("Na", -1.3), Entry("Cl", -1.8), Entry("NaCl", -3.4)]).save(hull)
+    out = tmp_path / "design"
+    code = main(["design", "--target", "e_hull<0.3", "--hull", str(hull), "--elements", "Na,Cl", "--n", "3",
+                 "--steps", "2", "--out", str(out), "--quiet"])
+    assert code in (0, 1)  # 1: written, but no chain met the target in two steps
+    rows = json.loads((out / "samples.json").read_text())["samples"]
+    assert len(rows) == 3 and all("e_hull" in r["predicted"] for r in rows)
+    assert all(math.isfinite(r["predicted"]["e_hull"]) for r in rows)
+    assert json.loads((out / "samples.json").read_text())["meta"]["targets"] == ["e_hull<0.3"]
+
+
+@needs_chgnet
+def test_evaluate_generation_energy_reports_stability(tmp_path, capsys):
+    from pymatgen.io.cif import CifWriter
+
+    from crystalformer.cli import main
+
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    CifWriter(rock_salt()).write_file(folder / "a.cif")
+    CifWriter(cscl_type()).write_file(folder / "b.cif")
+    ref = tmp_path / "ref.csv"
+    import pandas as pd
+
+    pd.DataFrame({"material_id": ["r"], "cif": [str(CifWriter(rock_salt(5.5)))]}).to_csv(ref, index=False)
+    hull = tmp_path / "hull.csv"
+    ReferenceHull([Entry("Na", -1.3), Entry("Cl", -1.8), Entry("NaCl", -3.40)]).save(hull)
+    js = tmp_path / "m.json"
+    assert main(["evaluate", "generation", "--samples", str(folder), "--reference", str(ref), "--energy", "--hull",
+                 str(hull), "--no-coverage", "--json", str(js), "--quiet"]) == 0
+    result = json.loads(js.read_text())
+    m = result["metrics"]
+    per = {r["name"]: r for r in result["stability"]["per_sample"]}
+    assert per["a"]["e_hull"] < per["b"]["e_hull"]  # rock salt below CsCl type
+    assert m["n_energy"] == 2 and 0 <= m["stable_rate"] <= 1 and "sun_rate" in m
+    assert (tmp_path / "m.png").is_file()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ase") is None, reason="needs ase")
+def test_relax_samples_keeps_failures_and_passes_empty_samples_through(monkeypatch):
+    import crystalformer.physics.relax as relax_mod
+    from crystalformer import Crystal
+    from crystalformer.physics.samples import relax_samples
+    from crystalformer.sampling.api import Sample
+
+    monkeypatch.setattr(relax_mod, "require", lambda what="": None)
+    samples = [Sample(Crystal.from_structure(rock_salt()), -1.0), Sample(None, -2.0, error="invalid: x")]
+    out, counts = relax_samples(samples, BrokenPotential(), RelaxConfig(steps=5))
+    assert counts == {"potential": 1, "no crystal": 1}
+    assert out[0].crystal is samples[0].crystal and out[0].physics["relaxed"] is False
+    assert out[0].physics["relax"]["error"].startswith("potential: RuntimeError")
+    assert out[1] is samples[1]
+    out, counts = relax_samples(samples[:1], PairPotential(), RelaxConfig(steps=5))
+    assert counts["relaxed"] + counts.get("exploded", 0) == 1
+    assert out[0].physics["relax"]["steps"] <= 5 and out[0].physics["potential"] == "lj"
+
+
+@needs_chgnet
+def test_sample_with_relax_writes_energies(tmp_path):
+    from crystalformer.cli import main
+
+    out = tmp_path / "s"
+    assert main(["sample", "--n", "2", "--relax", "--relax-steps", "20", "--out", str(out), "--quiet"]) == 0
+    data = json.loads((out / "samples.json").read_text())
+    assert data["meta"]["relax"] == {"potential": "chgnet", "fmax": 0.05, "steps": 20, "symmetric": True}
+    for row in data["samples"]:
+        if row["file"]:
+            assert "relax" in row and row["relax"]["steps"] <= 20
+            assert row["energy_per_atom"] is not None or row["relax"]["error"]
+
+
+def test_model_predict_structure_rank_is_checked():
+    from crystalformer.model import load_model
+
+    with pytest.raises(ValueError, match="rank must be 'logp' or 'energy'"):
+        load_model("mp_20").predict_structure("NaCl", n=1, rank="enthalpy")
+
+
+def test_elemental_prototypes_fill_missing_metals_only(monkeypatch):
+    pytest.importorskip("ase")
+    import crystalformer.physics.relax as relax_mod
+    from crystalformer.physics.build import elemental_prototype, elemental_references
+
+    monkeypatch.setattr(relax_mod, "require", lambda what="": None)
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    for el, sg, n in (("Fe", 229, 1), ("Ni", 225, 1), ("Ti", 194, 2)):
+        s, _ = elemental_prototype(el)
+        assert len(s) == n and SpacegroupAnalyzer(s).get_space_group_number() == sg
+    entries = [Entry("Fe2O3", -6.0), Entry("O", -4.9), Entry("NiI2", -3.0), Entry("Na", -1.3), Entry("NaCl", -3.4)]
+    added = elemental_references(entries, PairPotential(), RelaxConfig(steps=3))
+    assert sorted(e.formula for e in added) == ["Fe", "Ni"]  # not Cl or I (non-metals), not Na (present)
+    assert all(e.source == "prototype" and e.material_id.startswith("prototype-") for e in added)
+
+
+def test_shipped_hull_is_readable_and_says_what_it_is():
+    from crystalformer.defaults import ROOT
+
+    entries = read_entries(ROOT / "hull" / "mp20_mpts52_train_chgnet.csv")
+    assert len(entries) > 10_000
+    hull = ReferenceHull(entries)
+    assert hull.e_above_hull("NaCl", -3.0) is not None and not hull.missing_elements("Fe2O3")
+    assert "not the Materials Project hull" in (ROOT / "hull" / "README.md").read_text()
