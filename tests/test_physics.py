@@ -154,31 +154,58 @@ def test_relax_config_refuses_nonsense(field, value):
         RelaxConfig(**{field: value})
 
 
-def test_build_hull_and_stability_with_a_stand_in_potential(tmp_path, data_dir, monkeypatch):
+def test_build_hull_resumes_and_starts_anew_when_inputs_change(tmp_path, data_dir, monkeypatch):
     pytest.importorskip("ase")
+    import crystalformer.physics.build as build_mod
     import crystalformer.physics.relax as relax_mod
     from crystalformer.physics.build import build_hull
-    from crystalformer.physics.stability import StabilityJudge, stability_metrics
 
     monkeypatch.setattr(relax_mod, "require", lambda what="": None)
+    calls = []
+    real = build_mod.relax_one
+    monkeypatch.setattr(build_mod, "relax_one", lambda s, p, c: calls.append(1) or real(s, p, c))
     pot = PairPotential()
-    rep = build_hull([data_dir / "mp20_sample.csv"], tmp_path / "hull.csv", pot, relax_within=0.0,
-                     config=RelaxConfig(steps=3), progress=False)
+    kw = dict(relax_within=0.0, config=RelaxConfig(steps=3), progress=False, prototypes=False)
+    rep = build_hull([data_dir / "mp20_sample.csv"], tmp_path / "hull.csv", pot, **kw)
     entries = read_entries(tmp_path / "hull.csv")
     assert rep.n_stable == len(entries) > 0 and rep.n_single_points == rep.n_inputs
-    assert rep.n_relaxed <= rep.n_near_hull
-    again = build_hull([data_dir / "mp20_sample.csv"], tmp_path / "hull.csv", pot, relax_within=0.0,
-                       config=RelaxConfig(steps=3), progress=False, prototypes=False)  # resumes: nothing to relax
-    assert again.n_relaxed == rep.n_relaxed and again.n_stable <= rep.n_stable and again.n_prototypes == 0
-    assert rep.n_prototypes > 0  # the fixture's metals have no elemental entries
-    hull = ReferenceHull(entries)
-    judge = StabilityJudge(hull, PairPotential(fail_on="Xe"))
-    structs = [rock_salt(), Structure(Lattice.cubic(4.0), ["Xe"], [[0, 0, 0]])]
-    recs = judge.judge(structs)
-    assert recs[1]["energy_per_atom"] is None and recs[1]["reason"] == "potential: refused"
-    m = stability_metrics(recs, 4, [True, True], [True, False])
-    assert m["n_potential_failed"] == 1 and m["n_energy"] == 1
-    assert m["stable_rate"] == (0.25 if recs[0]["e_hull"] is not None and recs[0]["e_hull"] <= 0.08 else 0.0)
+    assert len(calls) == rep.n_near_hull > 0
+    again = build_hull([data_dir / "mp20_sample.csv"], tmp_path / "hull.csv", pot, **kw)
+    assert len(calls) == rep.n_near_hull  # resumed: nothing relaxed twice
+    assert again.n_relaxed == rep.n_relaxed and again.n_stable == rep.n_stable
+    other = build_hull([data_dir / "perov5_sample.csv"], tmp_path / "hull.csv", pot, **kw)
+    assert len(calls) == rep.n_near_hull + other.n_near_hull  # other inputs: the old work is not reused
+    with_protos = build_hull([data_dir / "mp20_sample.csv"], tmp_path / "h2.csv", pot, **{**kw, "prototypes": True})
+    assert with_protos.n_prototypes > 0  # the fixture's metals have no elemental entries
+
+
+def test_stability_sun_flags_follow_the_valid_samples(tmp_path):
+    pytest.importorskip("smact")
+    from pymatgen.io.cif import CifWriter
+
+    from crystalformer.evaluation.runner import evaluate_generation
+    from crystalformer.physics.stability import StabilityJudge, stability_metrics
+
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    squashed = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.05, 0, 0]])  # invalid: 0.2 Å
+    for name, s in (("a", squashed), ("b", rock_salt()), ("c", cscl_type()), ("d", cscl_type(3.31))):
+        CifWriter(s).write_file(folder / f"{name}.cif")
+    ref = tmp_path / "train.csv"
+    import pandas as pd
+
+    pd.DataFrame({"material_id": ["r"], "cif": [str(CifWriter(rock_salt()))]}).to_csv(ref, index=False)
+    hull = ReferenceHull([Entry("Na", 0.0), Entry("Cl", 0.0)])  # everything is below it: all stable
+    judge = StabilityJudge(hull, PairPotential())
+    res = evaluate_generation(folder, ref, coverage=False, progress=False, stability=judge)
+    m = res["metrics"]
+    assert m["n_samples"] == 4 and m["n_stable"] == 3  # the squashed sample is not valid
+    assert m["n_sun"] == 1 and m["sun_rate"] == 0.25  # c: stable, unique (d copies it), novel (b is the reference)
+    assert [r["name"] for r in res["stability"]["per_sample"]] == ["b", "c", "d"]
+    recs = [{"energy_per_atom": -1.0, "e_hull": 0.05}, {"energy_per_atom": -1.0, "e_hull": 0.2},
+            {"energy_per_atom": -1.0, "e_hull": None}, {"energy_per_atom": None, "e_hull": None}]
+    m = stability_metrics(recs, 8, [True, True, True, False], [True, True, True, True])
+    assert (m["n_stable"], m["stable_rate"], m["n_sun"], m["n_no_hull"], m["n_potential_failed"]) == (1, 1 / 8, 1, 1, 1)
 
 
 # ---------------------------------------------------------------------- CHGNet: facts
@@ -297,7 +324,7 @@ def test_every_physics_option_without_the_extra_is_one_line(argv, tmp_path, data
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'pip install "crystalformer[physics]"' in err[0], err
-    assert not (tmp_path / "out").exists()
+    assert not any(tmp_path.glob("out*"))
 
 
 @needs_chgnet

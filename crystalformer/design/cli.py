@@ -100,6 +100,8 @@ def cmd_design(args) -> int:
         print(f"crystalformer: warning: {err}", file=sys.stderr)
         result, code = err.result, 1
     result.samples = relax_and_report(args, result.samples)
+    if args.relax:  # the predictions and "meets targets" were made on the crystals as designed
+        meta["predicted_before_relaxation"] = True
     counts = write_designs(result, args.out, args.overwrite, meta)
     s = result.summary()
     acc = ", ".join(f"{k} {v:.2f}" for k, v in s["acceptance"].items() if v is not None)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +29,8 @@ import numpy as np
 from .hull import Entry, ReferenceHull
 from .relax import RelaxConfig, relax_one
 
-
-BCC = frozenset("Li Na K Rb Cs Ba Eu V Nb Ta Cr Mo W Fe U".split())
-HCP = frozenset("Be Mg Sc Y Ti Zr Hf Tc Re Ru Os Co Zn Cd Tl Gd Tb Dy Ho Er Tm Lu".split())
+BCC = frozenset(["Li", "Na", "K", "Rb", "Cs", "Ba", "Eu", "V", "Nb", "Ta", "Cr", "Mo", "W", "Fe", "U"])
+HCP = frozenset(["Be", "Mg", "Sc", "Y", "Ti", "Zr", "Hf", "Tc", "Re", "Ru", "Os", "Co", "Zn", "Cd", "Tl", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Lu"])
 
 
 def elemental_prototype(element: str):
@@ -104,6 +103,29 @@ def _read_structures(csvs, progress: bool):
     return out, skipped
 
 
+def _read_relaxed(path: Path, key: dict, items) -> dict:
+    """Relaxations a previous run of the same build kept (first line: its key); a stale file is started anew."""
+    done: dict = {}
+    if path.exists():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            same = bool(lines) and json.loads(lines[0]).get("key") == key
+        except json.JSONDecodeError:
+            same = False
+        if same:
+            for line in lines[1:]:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # the half-written last line of a killed run
+                    continue
+                i = rec.get("index")
+                if isinstance(i, int) and 0 <= i < len(items) and rec.get("material_id") == items[i][0]:
+                    done[i] = rec
+            return done
+    path.write_text(json.dumps({"key": key}) + "\n", encoding="utf-8")
+    return done
+
+
 def build_hull(csvs, out, potential, workdir=None, relax_within: float = 0.05,
                config: RelaxConfig | None = None, batch_size: int = 32,
                time_limit_min: float | None = None, progress: bool = True, prototypes: bool = True) -> BuildReport:
@@ -118,7 +140,8 @@ def build_hull(csvs, out, potential, workdir=None, relax_within: float = 0.05,
     items, skipped = _read_structures(csvs, progress)
     if not items:
         raise ValueError(f"no readable structure in {', '.join(map(str, csvs))}")
-    key = {"inputs": [str(p) for p in csvs], "n": len(items), "potential": getattr(potential, "name", "?")}
+    key = {"inputs": [str(p) for p in csvs], "n": len(items), "potential": getattr(potential, "name", "?"),
+           "version": str(getattr(potential, "version", ""))}
     sp_file, relax_file = workdir / "single_points.json", workdir / "relaxed.jsonl"
     energies = None
     if sp_file.exists():
@@ -133,6 +156,9 @@ def build_hull(csvs, out, potential, workdir=None, relax_within: float = 0.05,
             energies[start:start + len(chunk)], _ = potential.energies(chunk, batch_size)
             bar.update(len(chunk))
         bar.close()
+        if not np.isfinite(energies).any():
+            raise ValueError(f"the {key['potential']} potential gave no energy for any structure of "
+                             f"{', '.join(map(str, csvs))}")
         from ..atomic import atomic_write_text
 
         atomic_write_text(sp_file, json.dumps({"key": key, "energy_per_atom": [
@@ -145,12 +171,7 @@ def build_hull(csvs, out, potential, workdir=None, relax_within: float = 0.05,
     hull = ReferenceHull(entries)
     near = [i for i, e in enumerate(entries) if math.isfinite(e.energy_per_atom)
             and (eh := hull.e_above_hull(e.formula, e.energy_per_atom)) is not None and eh <= relax_within]
-    done = {}
-    if relax_file.exists():
-        for line in relax_file.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                done[rec["index"]] = rec
+    done = _read_relaxed(relax_file, {**key, "relax": asdict(config)}, items)
     todo = [i for i in near if i not in done]
     deadline = None if time_limit_min is None else t0 + 60 * time_limit_min
     with relax_file.open("a", encoding="utf-8") as f:
@@ -160,7 +181,8 @@ def build_hull(csvs, out, potential, workdir=None, relax_within: float = 0.05,
             structure = items[i][2]
             prim = structure.get_primitive_structure()
             res = relax_one(prim, potential, config)
-            rec = {"index": i, "energy_per_atom": res.energy_per_atom if res.relaxed else None,
+            rec = {"index": i, "material_id": items[i][0],
+                   "energy_per_atom": res.energy_per_atom if res.relaxed else None,
                    "error": res.error, "steps": res.steps, "converged": res.converged}
             f.write(json.dumps(rec) + "\n")
             f.flush()

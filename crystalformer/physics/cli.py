@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,10 +40,25 @@ def relax_config(args):
 
 
 def potential_from(args):
-    """The potential named by ``--potential`` (one-line error without the physics extra)."""
+    """The potential named by ``--potential``, loaded once per command (one-line error without the extra)."""
     from .potential import load_potential
 
-    return load_potential(args.potential, device=getattr(args, "device", "cpu"))
+    if getattr(args, "_potential", None) is None:
+        try:
+            args._potential = load_potential(args.potential, device=getattr(args, "device", "cpu"))
+        except ValueError as err:
+            raise _usage(f"--potential {err}") from None
+    return args._potential
+
+
+def rank_config(args):
+    """``--candidates``, ``--relax-top`` and the relaxation options of ``csp --rank energy``."""
+    from .ranking import RankConfig
+
+    try:
+        return RankConfig(candidates=max(args.candidates, args.n), relax_top=args.relax_top, relax=relax_config(args))
+    except ValueError as err:
+        raise _usage(f"--candidates / --relax-top: {err}") from None
 
 
 def check_physics(args, wanted: bool, what: str | None = None) -> None:
@@ -54,6 +70,19 @@ def check_physics(args, wanted: bool, what: str | None = None) -> None:
             what = "--rank energy" if getattr(args, "rank", None) == "energy" else "--relax"
         require(what)
         relax_config(args)
+        if getattr(args, "rank", None) == "energy":
+            rank_config(args)
+        potential_from(args)  # an unknown --potential is refused before any work
+
+
+def report_ranking(stats) -> str | None:
+    """A line on candidates ``--rank energy`` could not score (None when every one was scored)."""
+    lost = {"not buildable": stats.not_buildable, "atoms closer than 0.5 Å": stats.too_close,
+            "potential failed": stats.potential_failed}
+    if not any(lost.values()):
+        return None
+    return (f"{sum(lost.values())} of {stats.candidates} candidates not scored: "
+            + ", ".join(f"{v} {k}" for k, v in lost.items() if v))
 
 
 def relax_and_report(args, samples) -> list:
@@ -176,16 +205,16 @@ def cmd_relax(args: argparse.Namespace) -> int:
 def cmd_build_hull(args: argparse.Namespace) -> int:
     from . import require
     from .build import build_hull
-    from .relax import RelaxConfig
 
     require("crystalformer physics build-hull")
     for path in args.csv:
         if not path.is_file():
             raise _usage(f"--csv {path}: file not found")
-    if args.relax_within < 0:
-        raise _usage(f"--relax-within must be >= 0, got {args.relax_within}")
+    if not (math.isfinite(args.relax_within) and args.relax_within >= 0):
+        raise _usage(f"--relax-within must be a number >= 0, got {args.relax_within}")
+    args.relax_free = False
     rep = build_hull(args.csv, args.out, potential_from(args), workdir=args.workdir,
-                     relax_within=args.relax_within, config=RelaxConfig(fmax=args.fmax, steps=args.relax_steps),
+                     relax_within=args.relax_within, config=relax_config(args),
                      time_limit_min=args.time_limit, progress=not args.quiet)
     print(f"{args.out}: {rep.n_stable} stable entries from {rep.n_single_points} single points "
           f"({sum(rep.n_skipped.values())} inputs skipped: {rep.n_skipped or 'none'}); relaxed {rep.n_relaxed} of "
@@ -193,8 +222,9 @@ def cmd_build_hull(args: argparse.Namespace) -> int:
           + ("" if rep.max_relax_drop is None else f" (largest drop {rep.max_relax_drop:.3f} eV/atom)")
           + f"; {rep.wall_s:.0f} s")
     if rep.n_relaxed < rep.n_near_hull:
-        print(f"note: {rep.n_near_hull - rep.n_relaxed} near-hull entries were not relaxed (time limit); run the "
-              f"same command again to continue")
+        print(f"note: {rep.n_near_hull - rep.n_relaxed} near-hull entries keep their single-point energy (time "
+              f"limit, or a relaxation that failed: reasons in the work folder's relaxed.jsonl); run the same "
+              f"command again to relax the ones not yet tried")
     return 0
 
 

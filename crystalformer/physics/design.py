@@ -9,7 +9,8 @@ given a single-point energy per atom (primitive cell; results cached per crystal
 - ``e_form``: its formation energy per atom against the lowest elemental entries of the hull
   table (eV/atom).
 
-A crystal the potential cannot score, or whose composition the hull cannot form, gets
+A crystal the potential cannot score (atoms closer than 0.5 Å included), or whose composition
+the hull cannot form, gets
 ``UNSCORED`` (5 eV/atom): far from any stability target, so chains move away from it.
 ``sigma`` (default 0.05 eV/atom, about CHGNet's energy error) is the width of the likelihood.
 """
@@ -21,6 +22,7 @@ import math
 import numpy as np
 
 from .hull import ReferenceHull, fractions
+from .ranking import too_close
 
 POTENTIAL_TARGETS = ("e_hull", "e_form")
 UNSCORED = 5.0  # eV/atom for crystals the potential or the hull cannot score
@@ -64,7 +66,10 @@ class PotentialProperty:
         if not math.isfinite(energy):
             return UNSCORED
         if self._target == "e_hull":
-            eh = self.hull.e_above_hull(composition, energy)
+            try:
+                eh = self.hull.e_above_hull(composition, energy)
+            except ValueError:
+                return UNSCORED
             return UNSCORED if eh is None else float(eh)
         x = fractions(composition)
         if any(el not in self.mu for el in x):
@@ -82,6 +87,9 @@ class PotentialProperty:
             try:
                 s = self.tokenizer.decode(ids, values).to_structure().get_primitive_structure()
             except (ValueError, ArithmeticError):
+                self._cache[key] = UNSCORED
+                continue
+            if too_close(s):  # the potential is untrained there; chains must not drift into collapse
                 self._cache[key] = UNSCORED
                 continue
             todo.append((i, key))

@@ -97,7 +97,12 @@ class ReferenceHull:
         b = np.array([x[el] for el in order])
         cost = np.array([c[1] for c in cands])
         res = linprog(cost, A_eq=A, b_eq=b, bounds=(0, None), method="highs")
-        return float(res.fun) if res.status == 0 else None
+        if res.status == 2:  # infeasible: no mixture of the references has this composition
+            return None
+        if res.status != 0:
+            raise ValueError(f"hull of {''.join(f'{el}{x[el]:.3g}' for el in order)}: the linear program failed "
+                             f"({res.message})")
+        return float(res.fun)
 
     def e_above_hull(self, composition, energy_per_atom: float) -> float | None:
         """E_hull in eV/atom (negative: below the reference hull); None where the hull is undefined."""

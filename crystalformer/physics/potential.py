@@ -52,6 +52,7 @@ class CHGNetPotential:
 
     def energies(self, structures, batch_size: int = 32) -> tuple[np.ndarray, list[str | None]]:
         structures = list(structures)
+        _ = self.model  # load (and fail loudly) before any per-structure error handling
         out = np.full(len(structures), np.nan)
         errors: list[str | None] = [None] * len(structures)
         for start in range(0, len(structures), batch_size):
@@ -84,7 +85,7 @@ class CHGNetPotential:
         from chgnet.model.dynamics import CHGNetCalculator
 
         with contextlib.redirect_stdout(io.StringIO()):  # "CHGNet will run on cpu"
-            return CHGNetCalculator(model=self.model, use_device=self.device, on_isolated_atoms="ignore")
+            return CHGNetCalculator(model=self.model, use_device=self.device, on_isolated_atoms="error")
 
 
 POTENTIALS = {"chgnet": CHGNetPotential}

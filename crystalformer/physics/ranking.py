@@ -3,6 +3,7 @@
 :func:`rank_by_energy` takes decoded candidates (:class:`~crystalformer.sampling.api.Sample`):
 
 1. single-point energy per atom of every buildable candidate (primitive cell, batched);
+   candidates with atoms closer than 0.5 Å are not scored (counted in ``RankStats.too_close``);
 2. walking up in energy, duplicates of an already chosen candidate (StructureMatcher, same
    composition) are skipped until ``relax_top`` distinct ones are found; those are relaxed;
 3. the ranking is the relaxed candidates by relaxed energy per atom, with relaxed duplicates
@@ -43,6 +44,7 @@ class RankStats:
     candidates: int = 0
     not_buildable: int = 0
     potential_failed: int = 0
+    too_close: int = 0  # atoms closer than 0.5 Å: not scored
     duplicates: int = 0
     relaxed: int = 0
     relax_failed: int = 0
@@ -82,9 +84,14 @@ def rank_by_energy(samples, potential, n: int | None = None, config: RankConfig 
             stats.not_buildable += 1
             continue
         try:
-            built.append((s, s.crystal.to_structure().get_primitive_structure()))
+            structure = s.crystal.to_structure().get_primitive_structure()
         except (ValueError, ArithmeticError):
             stats.not_buildable += 1
+            continue
+        if too_close(structure):  # a universal potential is untrained there: its energy means nothing
+            stats.too_close += 1
+            continue
+        built.append((s, structure))
     t0 = time.perf_counter()
     energies, _ = potential.energies([p for _, p in built]) if built else (np.array([]), [])
     stats.single_point_s += time.perf_counter() - t0
@@ -111,11 +118,16 @@ def rank_by_energy(samples, potential, n: int | None = None, config: RankConfig 
     t0 = time.perf_counter()
     results = {i: relax_one(built[i][1], potential, config.relax) for i in chosen}
     stats.relax_s += time.perf_counter() - t0
-    stats.relaxed += sum(r.relaxed for r in results.values())
-    stats.relax_failed += sum(not r.relaxed for r in results.values())
-    relaxed_order = sorted(chosen, key=lambda i: (results[i].energy_per_atom
-                                                  if math.isfinite(results[i].energy_per_atom) else math.inf))
-    relaxed_order = distinct(relaxed_order, lambda i: results[i].structure)  # two fell into one minimum
+    infos, crystals = {}, {}
+    for i in chosen:
+        infos[i] = _info(potential, energies[i])
+        crystals[i] = adopt(built[i][0].crystal, results[i], infos[i], float(energies[i]))
+    stats.relaxed += sum(infos[i]["relaxed"] for i in chosen)
+    stats.relax_failed += sum(not infos[i]["relaxed"] for i in chosen)
+    # relaxed first, by the energy of the crystal actually written; failed relaxations after them
+    relaxed_order = sorted(chosen, key=lambda i: (not infos[i]["relaxed"], math.inf
+                                                  if infos[i]["energy_per_atom"] is None else infos[i]["energy_per_atom"]))
+    relaxed_order = distinct(relaxed_order, lambda i: results[i].structure if infos[i]["relaxed"] else built[i][1])
     # the rest, compared with the relaxed candidates' inputs; only as many as are asked for
     rest = distinct([i for i in order if i not in results], lambda i: built[i][1],
                     None if n is None else max(n - len(relaxed_order), 0), against=chosen)
@@ -124,12 +136,22 @@ def rank_by_energy(samples, potential, n: int | None = None, config: RankConfig 
     out = []
     for rank, i in enumerate(ranked):
         s, _ = built[i]
-        info = {"log_p_rank": logp_rank[id(s)], "energy_rank": rank,
-                "single_point_energy_per_atom": round(float(energies[i]), 5),
-                "energy_per_atom": round(float(energies[i]), 5), "relaxed": False, "potential": potential.name}
-        crystal = s.crystal if i not in results else adopt(s.crystal, results[i], info, float(energies[i]))
-        out.append(replace(s, crystal=crystal, physics=info))
+        info = {"log_p_rank": logp_rank[id(s)], "energy_rank": rank, **infos.get(i, _info(potential, energies[i]))}
+        out.append(replace(s, crystal=crystals.get(i, s.crystal), physics=info))
     return out
+
+
+def _info(potential, energy: float) -> dict:
+    return {"single_point_energy_per_atom": round(float(energy), 5), "energy_per_atom": round(float(energy), 5),
+            "relaxed": False, "potential": potential.name}
+
+
+def too_close(structure, cutoff: float = 0.5) -> bool:
+    """Atoms closer than ``cutoff`` Å (periodic images included): the CDVAE validity cut-off."""
+    if len(structure) == 1:
+        return bool(min(structure.lattice.abc) < cutoff)
+    d = structure.distance_matrix
+    return bool(np.min(d[np.triu_indices(len(structure), 1)]) < cutoff)
 
 
 def predict_structure_by_energy(model, composition, n: int = 20, candidates: int = 64, relax_top: int = 8,

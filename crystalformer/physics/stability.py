@@ -35,7 +35,12 @@ class StabilityJudge:
             rec = {"energy_per_atom": None, "e_hull": None, "reason": err}
             if err is None and math.isfinite(e):
                 rec["energy_per_atom"] = float(e)
-                eh = self.hull.e_above_hull(s.composition, float(e))
+                try:
+                    eh = self.hull.e_above_hull(s.composition, float(e))
+                except ValueError as hull_err:  # too many elements, or the linear program failed
+                    rec["reason"] = f"no hull: {hull_err}"
+                    out.append(rec)
+                    continue
                 if eh is None:
                     rec["reason"] = "no hull: reference lacks " + ",".join(self.hull.missing_elements(s.composition)
                                                                           or ["a phase to form it"])

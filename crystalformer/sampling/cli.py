@@ -6,7 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
-from ..physics.cli import add_relax_options, check_physics, relax_and_report
+from ..physics.cli import (
+    add_relax_options,
+    check_physics,
+    relax_and_report,
+    report_ranking,
+)
 
 DEFAULT = "default"  # --refine without a path
 
@@ -89,7 +94,8 @@ def _meta(args, command: str, wall: float, **extra) -> dict:
             {"potential": args.potential, "fmax": args.fmax, "steps": args.relax_steps, "symmetric": not args.relax_free},
             "rank": getattr(args, "rank", None),
             "candidates": args.candidates if getattr(args, "rank", None) == "energy" else None,
-            "relax_top": args.relax_top if getattr(args, "rank", None) == "energy" else None, **extra}
+            "relax_top": args.relax_top if getattr(args, "rank", None) == "energy" else None,
+            "ranking": None if getattr(args, "_rank_stats", None) is None else vars(args._rank_stats), **extra}
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -121,6 +127,10 @@ def cmd_csp(args: argparse.Namespace) -> int:
         raise _usage("csp needs exactly one of --composition FORMULA or --targets CSV")
     check_output_dir(args.out, args.overwrite)
     check_physics(args, args.relax or args.rank == "energy")
+    if args.rank == "energy":
+        from ..physics.ranking import RankStats
+
+        args._rank_stats = RankStats()
     if args.rank == "energy" and args.relax:
         raise _usage("--rank energy relaxes the best candidates itself; leave out --relax")
     model = _load(args)
@@ -144,13 +154,17 @@ def _predict(args, model, formula, cell, seed):
         result = predict_structure(model, formula, cell=cell, seed=seed, **options)
         result.samples = _refine(args, result.samples)
         return result
-    from ..physics.cli import potential_from, relax_config
-    from ..physics.ranking import RankConfig, rank_by_energy
+    from ..physics.cli import potential_from, rank_config
+    from ..physics.ranking import rank_by_energy
 
-    options["n"] = max(args.candidates, args.n)
+    config = rank_config(args)
+    options["n"] = config.candidates
     result = predict_structure(model, formula, cell=cell, seed=seed, **options)
-    config = RankConfig(candidates=options["n"], relax_top=args.relax_top, relax=relax_config(args))
-    result.samples = rank_by_energy(_refine(args, result.samples), potential_from(args), n=args.n, config=config)
+    result.samples = rank_by_energy(_refine(args, result.samples), potential_from(args), n=args.n, config=config,
+                                    stats=args._rank_stats)
+    if not result.samples:
+        raise ValueError(f"{formula}: none of the {config.candidates} candidates could be scored by the potential "
+                         f"({report_ranking(args._rank_stats)})")
     return result
 
 
@@ -168,6 +182,8 @@ def _csp_one(args, model) -> int:
                            meta=_meta(args, "csp", wall, composition=args.composition, cell=args.cell,
                                       log_evidence=result.log_evidence))
     _print_table(result.samples)
+    if args.rank == "energy" and report_ranking(args._rank_stats):
+        print(report_ranking(args._rank_stats))
     how = "log-likelihood" if args.rank == "logp" else \
         f"energy per atom ({args.relax_top} lowest of {max(args.candidates, args.n)} candidates relaxed, duplicates removed)"
     print(f"{counts['written']} CIFs in {args.out}, ranked by {how} ({wall:.1f} s)")
@@ -209,6 +225,8 @@ def _csp_targets(args, model) -> int:
           f"({wall:.1f} s)")
     for s in skipped:
         print(f"skipped {s['material_id']}: {s['reason']}")
+    if args.rank == "energy" and report_ranking(args._rank_stats):
+        print(report_ranking(args._rank_stats))
     return 0
 
 
