@@ -95,7 +95,7 @@ def run_task(task, spec, prior, prepared, work, n, steps, seed, moves):
     from crystalformer.design import design
     from crystalformer.design.api import UnreachableTargetError
     from crystalformer.design.train import read_targets
-    from crystalformer.sampling import sample
+    from crystalformer.sampling.api import sample
 
     target = spec["target"]
     models = train_models(task, spec, prepared, work)

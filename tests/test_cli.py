@@ -122,3 +122,25 @@ def test_threads_default_to_one_for_decoding_and_follow_the_option(tmp_path, mon
     for command in (["train", "--data", "x", "--out", "y"], ["csp", "--composition", "NaCl", "--out", "o"],
                     ["evaluate", "csp", "--predictions", "p", "--targets", "t", "--json", "j"], ["models"]):
         assert parser.parse_args([*command, "--threads", "3"]).threads == 3
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--sites", "Sr"], "--sites 'Sr': expected site indices"),
+    (["--element", "Na", "--tie", "a=b"], "--tie 'a=b': expected I=J"),
+])
+def test_infill_site_options_give_one_line(extra, message, tmp_path, data_dir, capsys):
+    from crystalformer.cli import main
+
+    argv = ["infill", "--template", str(data_dir / "cif" / "NaCl.cif"), *extra, "--out", str(tmp_path / "o"), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crystalformer: error: ") and message in err and "Traceback" not in err
+
+
+def test_help_parses_without_loading_torch():
+    """``crystalformer --help`` and every command's help must not import torch (it takes seconds)."""
+    code = ("import sys\nfrom crystalformer.cli import build_parser\nbuild_parser()\n"
+            "heavy = [m for m in ('torch', 'pymatgen', 'lightning', 'chgnet') if m in sys.modules]\n"
+            "print(heavy)\nsys.exit(1 if heavy else 0)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr

@@ -9,8 +9,12 @@ import pandas as pd
 import pytest
 from pymatgen.core import Composition, Lattice, Structure
 
-from crystalformer.evaluation import (coverage, match_rate_and_rmse, novelty, property_wdist, smact_validity,
-                                      space_group_stats, structure_validity, uniqueness)
+from crystalformer.evaluation.coverage import coverage
+from crystalformer.evaluation.csp import match_rate_and_rmse
+from crystalformer.evaluation.distributions import property_wdist
+from crystalformer.evaluation.symmetry_stats import space_group_stats
+from crystalformer.evaluation.uniqueness import novelty, uniqueness
+from crystalformer.evaluation.validity import smact_validity, structure_validity
 from crystalformer.evaluation.analysis import Entry
 from crystalformer.evaluation.coverage import (composition_fingerprint, cutoffs_for, normalize_composition_fps,
                                                structure_fingerprint)

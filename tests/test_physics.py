@@ -208,6 +208,61 @@ def test_stability_sun_flags_follow_the_valid_samples(tmp_path):
     assert (m["n_stable"], m["stable_rate"], m["n_sun"], m["n_no_hull"], m["n_potential_failed"]) == (1, 1 / 8, 1, 1, 1)
 
 
+# ---------------------------------------------------------------------- pushing overlapping atoms apart
+needs_ase = pytest.mark.skipif(importlib.util.find_spec("ase") is None, reason="needs ase")
+
+
+def _overlapping_spinel():
+    """MgAl2O4 spinel with one O site pulled onto Al: two atoms 0.3 Å apart, Fd-3m kept."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    s = Structure.from_spacegroup("Fd-3m", Lattice.cubic(8.08), ["Mg", "Al", "O"],
+                                  [[0.125, 0.125, 0.125], [0.5, 0.5, 0.5], [0.5 - 0.3 / 8.08 / 3 ** 0.5] * 3])
+    return AseAtomsAdaptor.get_atoms(s.get_primitive_structure())
+
+
+@needs_ase
+def test_soft_sphere_forces_and_stress_are_gradients_of_the_energy(monkeypatch):
+    from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+
+    import crystalformer.physics.separate as sep
+
+    monkeypatch.setattr(sep, "require", lambda what="": None)
+    atoms = _overlapping_spinel()
+    atoms.rattle(0.05, seed=0)
+    atoms.calc = sep.soft_spheres()
+    assert atoms.get_potential_energy() > 0
+    np.testing.assert_allclose(atoms.get_forces(), calculate_numerical_forces(atoms, 1e-5), atol=1e-6)
+    np.testing.assert_allclose(atoms.get_stress(), calculate_numerical_stress(atoms, 1e-6), atol=1e-7)
+
+
+@needs_ase
+def test_push_apart_separates_overlaps_keeps_symmetry_and_leaves_sane_crystals_alone(monkeypatch):
+    from ase.constraints import FixSymmetry
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    import crystalformer.physics.separate as sep
+
+    monkeypatch.setattr(sep, "require", lambda what="": None)
+    atoms = _overlapping_spinel()
+    assert min(atoms.get_all_distances(mic=True)[np.triu_indices(len(atoms), 1)]) < 0.35
+    atoms.set_constraint(FixSymmetry(atoms, symprec=0.01))
+    assert sep.push_apart(atoms) > 0
+    assert sep.contact_ratio(atoms) >= 0.69
+    atoms.set_constraint()
+    assert SpacegroupAnalyzer(AseAtomsAdaptor.get_structure(atoms), symprec=0.01).get_space_group_number() == 227
+    sane = AseAtomsAdaptor.get_atoms(rock_salt())
+    before = sane.get_positions().copy()
+    assert sep.push_apart(sane) == 0
+    np.testing.assert_array_equal(sane.get_positions(), before)
+
+
+def test_relax_config_separate_is_checked():
+    with pytest.raises(ValueError, match="separate"):
+        RelaxConfig(separate=-0.1)
+
+
 # ---------------------------------------------------------------------- CHGNet: facts
 @needs_chgnet
 def test_compressed_rock_salt_relaxes_back(chgnet):
@@ -217,6 +272,17 @@ def test_compressed_rock_salt_relaxes_back(chgnet):
     assert 5.55 < conventional < 5.75, conventional
     assert r.space_group_before == r.space_group_after == 225
     assert r.energy_per_atom < r.initial_energy_per_atom
+
+
+@needs_chgnet
+def test_overlapping_atoms_are_pushed_apart_then_relaxed(chgnet):
+    """Na and Cl 0.3 Å apart along [111] of an fcc cell: a bond, not a collapse, after relaxing."""
+    lattice = Lattice([[0, 2.82, 2.82], [2.82, 0, 2.82], [2.82, 2.82, 0]])
+    s = Structure(lattice, ["Na", "Cl"], [[0, 0, 0], [0.0307, 0.0307, 0.0307]])
+    assert s.distance_matrix[0, 1] < 0.35
+    r = relax_one(s, chgnet, RelaxConfig(steps=200))
+    assert r.relaxed and r.separation_steps > 0, r.error
+    assert 2.2 < r.structure.distance_matrix[0, 1] < 3.2
 
 
 @needs_chgnet
@@ -435,3 +501,16 @@ def test_shipped_hull_is_readable_and_says_what_it_is():
     hull = ReferenceHull(entries)
     assert hull.e_above_hull("NaCl", -3.0) is not None and not hull.missing_elements("Fe2O3")
     assert "not the Materials Project hull" in (ROOT / "hull" / "README.md").read_text()
+
+
+def test_break_ties_prefers_the_likelier_crystal_only_within_the_window():
+    from crystalformer.physics.ranking import RankConfig, break_ties
+
+    energy = {"a": -5.00, "b": -4.99, "c": -4.90, "d": None}
+    log_p = {"a": -30.0, "b": -10.0, "c": 0.0, "d": 5.0}
+    order = ["a", "b", "c", "d"]
+    assert break_ties(order, energy.get, log_p.get, 0.0) == order
+    assert break_ties(order, energy.get, log_p.get, 0.03) == ["b", "a", "c", "d"]  # c is 0.1 eV/atom higher
+    assert break_ties(order, energy.get, log_p.get, 0.2) == ["c", "b", "a", "d"]  # failed relaxations stay last
+    with pytest.raises(ValueError, match="tie_window"):
+        RankConfig(tie_window=math.nan)

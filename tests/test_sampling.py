@@ -12,7 +12,9 @@ import torch
 from crystalformer import CrystalTokenizer, ModelConfig
 from crystalformer.cli import main
 from crystalformer.model import CrystalFormer
-from crystalformer.sampling import DecodeOptions, composition_branches, decode, predict_structure, sample
+from crystalformer.sampling.api import predict_structure, sample
+from crystalformer.sampling.constraints import composition_branches
+from crystalformer.sampling.decoder import DecodeOptions, decode
 from crystalformer.sampling.constraints import Constraint, ConstraintMasks
 
 

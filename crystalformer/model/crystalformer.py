@@ -189,7 +189,7 @@ class CrystalFormer(nn.Module):
     # ------------------------------------------------------------------ sampling (crystalformer.sampling)
     def sample(self, n: int, **kwargs):
         """``n`` crystals from p(X); see :func:`crystalformer.sampling.sample` for the options."""
-        from ..sampling import sample
+        from ..sampling.api import sample
 
         return sample(self, n, **kwargs)
 
@@ -198,7 +198,7 @@ class CrystalFormer(nn.Module):
 
         ``rank="energy"`` ranks by relaxed energy under an interatomic potential (the physics
         extra): :func:`crystalformer.physics.ranking.predict_structure_by_energy`, whose options
-        (candidates, relax_top, potential, relax) it takes too.
+        (candidates, relax_top, potential, relax, tie_window) it takes too.
         """
         if rank == "energy":
             from ..physics import require
@@ -208,7 +208,7 @@ class CrystalFormer(nn.Module):
             return predict_structure_by_energy(self, composition, n, **kwargs)
         if rank != "logp":
             raise ValueError(f"rank must be 'logp' or 'energy', got {rank!r}")
-        from ..sampling import predict_structure
+        from ..sampling.api import predict_structure
 
         return predict_structure(self, composition, n, **kwargs)
 

@@ -5,6 +5,9 @@ symmetrizes forces, stress and steps); ``symmetric=False`` lets it break. A rela
 raises, produces a non-finite energy or "explodes" (cell volume off by more than
 ``max_volume_ratio``, atoms closer than 0.5 Å) is not dropped: its result keeps the input
 structure with its single-point energy, ``relaxed=False`` and the reason.
+
+Atoms closer than ``separate`` x (sum of covalent radii) are first pushed apart by a soft-sphere
+repulsion (:mod:`.separate`, same constraints), because the potential may pull them together.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import require
+from .separate import push_apart
 
 MIN_DISTANCE = 0.5  # Å: below this a relaxed structure is counted as exploded
 
@@ -29,6 +33,7 @@ class RelaxConfig:
     cell: bool = True  # relax the cell too (FrechetCellFilter)
     symprec: float = 0.01  # Å, symmetry tolerance of FixSymmetry and of the space-group check
     max_volume_ratio: float = 3.0  # a relaxed volume outside [V/r, V*r] counts as an explosion
+    separate: float = 0.7  # push atoms closer than this x (sum of covalent radii) apart first; 0: never
 
     def __post_init__(self):
         for name, value in (("fmax", self.fmax), ("symprec", self.symprec)):
@@ -36,6 +41,8 @@ class RelaxConfig:
                 raise ValueError(f"RelaxConfig.{name} must be a positive number, got {value!r}")
         if not (isinstance(self.steps, int) and self.steps >= 0):
             raise ValueError(f"RelaxConfig.steps must be an integer >= 0, got {self.steps!r}")
+        if not (isinstance(self.separate, (int, float)) and 0 <= self.separate <= 1.5):
+            raise ValueError(f"RelaxConfig.separate must be in [0, 1.5], got {self.separate!r}")
         if not (math.isfinite(self.max_volume_ratio) and self.max_volume_ratio > 1):
             raise ValueError(f"RelaxConfig.max_volume_ratio must be > 1, got {self.max_volume_ratio!r}")
 
@@ -52,6 +59,7 @@ class RelaxResult:
     space_group_before: int | None = None
     space_group_after: int | None = None
     wall_s: float = 0.0
+    separation_steps: int = 0  # soft-sphere steps that pushed overlapping atoms apart first (0: none needed)
 
     def summary(self) -> dict:
         """JSON fields (no structure)."""
@@ -93,6 +101,7 @@ def relax_one(structure, potential, config: RelaxConfig = RelaxConfig()) -> Rela
     atoms = AseAtomsAdaptor.get_atoms(structure)
     atoms.calc = potential.calculator()
     n = len(atoms)
+    steps = separation = 0
     sg_before = _space_group(atoms, config.symprec)
     try:
         with warnings.catch_warnings():
@@ -105,17 +114,18 @@ def relax_one(structure, potential, config: RelaxConfig = RelaxConfig()) -> Rela
 
     def failed(reason: str, steps: int) -> RelaxResult:
         return RelaxResult(structure, e0 if math.isfinite(e0) else math.nan, e0, steps, False, False, reason,
-                           sg_before, sg_before, time.perf_counter() - t0)
+                           sg_before, sg_before, time.perf_counter() - t0, separation)
 
     if not math.isfinite(e0):
         return failed("potential: non-finite energy", 0)
     v0 = atoms.get_volume()
-    steps = 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if config.symmetric:
                 atoms.set_constraint(FixSymmetry(atoms, symprec=config.symprec))
+            if config.separate > 0:
+                separation = push_apart(atoms, config.separate, cell=config.cell)
             target = FrechetCellFilter(atoms) if config.cell else atoms
             opt = FIRE(target, logfile=None)
             converged = bool(opt.run(fmax=config.fmax, steps=config.steps))
@@ -134,7 +144,7 @@ def relax_one(structure, potential, config: RelaxConfig = RelaxConfig()) -> Rela
     atoms.set_constraint()
     relaxed = AseAtomsAdaptor.get_structure(atoms)
     return RelaxResult(relaxed, e, e0, steps, converged, True, None, sg_before,
-                       _space_group(atoms, config.symprec), time.perf_counter() - t0)
+                       _space_group(atoms, config.symprec), time.perf_counter() - t0, separation)
 
 
 def relax_structures(structures, potential, config: RelaxConfig = RelaxConfig(), progress: bool = False,

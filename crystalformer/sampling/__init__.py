@@ -1,11 +1,11 @@
-"""Sampling: batched decoding with grammar masks and SMC, generation, CSP, element infill."""
+"""Sampling: batched decoding with grammar masks and SMC, generation, CSP, element infill.
 
-from __future__ import annotations
+- :mod:`.api`: ``sample``, ``predict_structure`` (CSP), ``Sample``, ``SampleSet``;
+- :mod:`.decoder`: ``decode``, ``DecodeOptions`` (the one decoding loop, KV cache, SMC);
+- :mod:`.constraints`: composition prompts, ``Constraint``, ``composition_branches``;
+- :mod:`.substitution`: ``infill`` (element substitution in a template);
+- :mod:`.output`: writing samples folders; :mod:`.cli`: ``sample``, ``csp``, ``infill``.
 
-from .api import Sample, SampleSet, predict_structure, sample
-from .constraints import Branch, Constraint, composition_branches, parse_composition
-from .decoder import DecodeOptions, decode
-from .substitution import Candidate, InfillResult, infill
-
-__all__ = ["Branch", "Candidate", "Constraint", "DecodeOptions", "InfillResult", "Sample", "SampleSet",
-           "composition_branches", "decode", "infill", "parse_composition", "predict_structure", "sample"]
+Import from the module that holds a name (``from crystalformer.sampling.api import sample``): this
+package imports nothing, so the command line parses its options without loading torch.
+"""

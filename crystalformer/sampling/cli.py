@@ -244,14 +244,24 @@ def cmd_infill(args: argparse.Namespace) -> int:
     check_physics(args, args.relax)
     model = _load(args)
     template = Crystal.from_structure(to_structure(str(args.template)))
-    sites = args.element if args.element else [int(i) for i in _symbols(args.sites)]
+    if args.element:
+        sites = args.element
+    else:
+        try:
+            sites = [int(i) for i in _symbols(args.sites)]
+        except ValueError:
+            raise _usage(f"--sites {args.sites!r}: expected site indices like 0,2 (the template's site list); "
+                         "to replace every site of one element use --element SYMBOL") from None
     allowed = _symbols(args.allow)
     ties = {}
     for item in args.tie or []:
         a, sep, b = item.partition("=")
         if not sep:
             raise _usage(f"--tie {item!r}: expected I=J (site I takes the element of site J)")
-        ties[int(a)] = int(b)
+        try:
+            ties[int(a)] = int(b)
+        except ValueError:
+            raise _usage(f"--tie {item!r}: expected I=J with site indices") from None
     t0 = time.time()
     result = infill(model, template, sites, allowed=allowed, ties=ties or None, n=args.n, seed=args.seed)
     wall = time.time() - t0
@@ -328,6 +338,9 @@ def add_parsers(sub) -> None:
                         "rank by relaxed energy per atom (physics extra)")
     p.add_argument("--candidates", type=int, default=64, help="crystals decoded for --rank energy (default 64)")
     p.add_argument("--relax-top", type=int, default=8, help="candidates relaxed for --rank energy (default 8)")
+    p.add_argument("--tie-window", type=float, default=0.03, metavar="EV",
+                   help="--rank energy: relaxed energies per atom closer than this are ties, broken by log p "
+                        "(default 0.03 eV/atom, about the potential's error; 0: energy alone)")
     p.set_defaults(func=cmd_csp)
 
     p = sub.add_parser("infill", help="substitute elements in a template crystal",
