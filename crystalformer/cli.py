@@ -312,8 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (0 ok, 2 usage or input error)."""
     from .physics import PhysicsUnavailable
 
+    from .atomic import exit_on_sigterm
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    exit_on_sigterm()  # a terminated run cleans up its temporary folder like an interrupted one
     try:
         apply_threads(args.command, getattr(args, "threads", None))
         return args.func(args)

@@ -88,7 +88,12 @@ def run_targets(args, out: Path) -> list[dict]:
 
 
 def with_ties_broken(row: dict, window: float) -> list:
-    """The stored energy ranking of ``row`` with relaxed near-ties (``window`` eV/atom) broken by log p."""
+    """The stored energy ranking of ``row`` with relaxed near-ties (``window`` eV/atom) broken by log p.
+
+    The stored list is deduplicated in energy order, as ``rank_by_energy`` does before it breaks
+    ties, so this is the ranking ``csp --rank energy --tie-window WINDOW`` gives these candidates
+    (up to exactly equal log p, decided here by the decode order).
+    """
     from crystalformer.physics.ranking import break_ties
 
     info = row["energy_info"]

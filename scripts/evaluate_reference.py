@@ -1,7 +1,7 @@
 """Ceilings of the generation metrics on real data: a data set's val split as "samples", its train split as reference.
 
 For every data set under ../shared/data (or --data): evaluates val against train with
-``crystalformer.evaluation.evaluate_generation`` and prints one table row per data set. A
+``crystalformer.evaluation.runner.evaluate_generation`` and prints one table row per data set. A
 data set without a val split (mpts_52 here) is split: ``--max-samples`` rows of its train file
 become the samples and a disjoint subset of the rest the reference (fixed seed).
 CrystalNN fingerprints are slow (~0.1-0.4 s per structure per core), so both sides are

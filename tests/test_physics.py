@@ -514,3 +514,23 @@ def test_break_ties_prefers_the_likelier_crystal_only_within_the_window():
     assert break_ties(order, energy.get, log_p.get, 0.2) == ["c", "b", "a", "d"]  # failed relaxations stay last
     with pytest.raises(ValueError, match="tie_window"):
         RankConfig(tie_window=math.nan)
+
+
+def test_break_ties_sends_non_finite_energies_to_the_tail():
+    from crystalformer.physics.ranking import break_ties
+
+    energy = {"a": math.nan, "b": -1.0, "c": -1.01}
+    assert break_ties(["a", "b", "c"], energy.get, {"a": 0, "b": -1, "c": -2}.get, 0.05) == ["b", "c", "a"]
+
+
+@needs_ase
+def test_contact_ratio_sees_pairs_beyond_the_covalent_sum_when_asked(monkeypatch):
+    from ase import Atoms
+
+    import crystalformer.physics.separate as sep
+
+    monkeypatch.setattr(sep, "require", lambda what="": None)
+    cu2 = Atoms("Cu2", positions=[[0, 0, 0], [2.7, 0, 0]], cell=[12, 12, 12], pbc=True)  # 2 r_cov(Cu) = 2.64
+    assert sep.contact_ratio(cu2) == math.inf
+    assert sep.contact_ratio(cu2, up_to=1.3) == pytest.approx(2.7 / 2.64, rel=1e-3)
+    assert sep.push_apart(cu2, scale=1.3) > 0

@@ -31,7 +31,7 @@ class UnreachableTargetError(ValueError):
 
 @dataclass
 class DesignResult:
-    samples: list  # crystalformer.sampling.Sample, ranked
+    samples: list  # crystalformer.sampling.api.Sample, ranked
     predictions: dict[str, np.ndarray]  # target name -> (n,) predicted values, in the samples' order
     log_target: np.ndarray  # (n,) log L of every target together
     satisfied: np.ndarray  # (n,) bool: every target met

@@ -35,7 +35,7 @@ chain and step with fixed probabilities (a mixture of kernels, each reversible o
 3. **element** (infill): pick a site j uniformly (the number of sites does not change), and
    draw its element a' from the prior's exact conditional over the allowed elements E,
    p(A_j = a | rest) = p(X_a) / S with S = sum_{a in E} p(X_a), every candidate stream scored
-   in one batch (as :func:`crystalformer.sampling.infill` does). The reverse move picks the
+   in one batch (as :func:`crystalformer.sampling.substitution.infill` does). The reverse move picks the
    same site of X' and sees the same candidate set, so q(X | X') = p(X) / S and
 
        alpha = [p(X') L'^b p(X)/S] / [p(X) L^b p(X')/S] = (L'/L)^b.

@@ -188,13 +188,13 @@ class CrystalFormer(nn.Module):
 
     # ------------------------------------------------------------------ sampling (crystalformer.sampling)
     def sample(self, n: int, **kwargs):
-        """``n`` crystals from p(X); see :func:`crystalformer.sampling.sample` for the options."""
+        """``n`` crystals from p(X); see :func:`crystalformer.sampling.api.sample` for the options."""
         from ..sampling.api import sample
 
         return sample(self, n, **kwargs)
 
     def predict_structure(self, composition, n: int = 20, rank: str = "logp", **kwargs):
-        """Crystal structure prediction; see :func:`crystalformer.sampling.predict_structure`.
+        """Crystal structure prediction; see :func:`crystalformer.sampling.api.predict_structure`.
 
         ``rank="energy"`` ranks by relaxed energy under an interatomic potential (the physics
         extra): :func:`crystalformer.physics.ranking.predict_structure_by_energy`, whose options

@@ -135,17 +135,24 @@ def _structure_cif(structure, name: str) -> tuple[str, bool]:
         return str(CifWriter(structure)), False
 
 
-def _primitive(structure):
-    """The primitive cell of ``structure`` (the structure itself when that fails or is no smaller)."""
+def _primitive(structure, config):
+    """The primitive cell of ``structure`` when relaxation keeps the symmetry (cheaper, same minimum).
+
+    Found at the symmetry tolerance, so a distorted supercell stays as it is; with
+    ``--relax-free`` the cell given is relaxed, since a supercell can hold distortions its
+    primitive cell cannot.
+    """
+    if not config.symmetric:
+        return structure
     try:
-        p = structure.get_primitive_structure()
-    except Exception:  # noqa: BLE001 - pymatgen's tolerance search can fail on odd cells: relax as given
+        p = structure.get_primitive_structure(tolerance=config.symprec)
+    except Exception:  # noqa: BLE001 - pymatgen's search can fail on odd cells: relax as given
         return structure
     return p if len(p) < len(structure) else structure
 
 
 def cmd_relax(args: argparse.Namespace) -> int:
-    from ..atomic import swap_into_place, temporary_sibling
+    from ..atomic import assembled
     from ..evaluation.loading import load_entries
     from ..io import structure_from_cif
     from ..sampling.output import check_output_dir
@@ -175,13 +182,13 @@ def cmd_relax(args: argparse.Namespace) -> int:
             rows.append({"name": e.name, "file": None, "relaxed": False, "error": f"unreadable: {err}"})
     from tqdm.auto import tqdm
 
-    tmp = temporary_sibling(args.out)
     counts: Counter = Counter(unreadable=len(rows))
     t0 = time.time()
     used: set[str] = set()
-    try:
+    with assembled(args.out) as tmp:
         for e, s in tqdm(items, desc="relax", unit="structure", disable=args.quiet):
-            r = relax_one(_primitive(s), potential, config)  # same physics, fewer atoms: cheaper
+            cell = _primitive(s, config)
+            r = relax_one(cell, potential, config)
             name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in e.name) or "structure"
             while name in used:
                 name += "_"
@@ -191,18 +198,14 @@ def cmd_relax(args: argparse.Namespace) -> int:
             counts["relaxed" if r.relaxed else "kept unrelaxed"] += 1
             rows.append({"name": e.name, "file": f"{name}.cif", "material_id": e.material_id, "rank": e.rank,
                          "formula": r.structure.composition.formula, "num_atoms": len(r.structure),
-                         "symmetric_cif": symmetric, "potential": potential.name, **r.summary()})
+                         "symmetric_cif": symmetric, "potential": potential.name,
+                         "cell": "primitive" if cell is not s else "as given", **r.summary()})
         payload = {"meta": {"command": "relax", "input": str(args.input), "potential": potential.name,
                             "fmax": config.fmax, "steps": config.steps, "symmetric": config.symmetric,
+                            "separate": config.separate,
                             "wall_s": round(time.time() - t0, 2)},
                    "counts": dict(counts), "samples": rows}
         (tmp / "samples.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    swap_into_place(tmp, args.out)
     failed = [r for r in rows if not r.get("relaxed")]
     pushed = sum(bool(r.get("separation_steps")) for r in rows)
     print(f"relaxed {counts['relaxed']} of {len(entries)} structures in {time.time() - t0:.1f} s; "

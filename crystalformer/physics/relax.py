@@ -118,14 +118,14 @@ def relax_one(structure, potential, config: RelaxConfig = RelaxConfig()) -> Rela
 
     if not math.isfinite(e0):
         return failed("potential: non-finite energy", 0)
-    v0 = atoms.get_volume()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if config.symmetric:
                 atoms.set_constraint(FixSymmetry(atoms, symprec=config.symprec))
-            if config.separate > 0:
+            if config.separate > 0 and config.steps > 0:
                 separation = push_apart(atoms, config.separate, cell=config.cell)
+            v0 = atoms.get_volume()  # after the push: the explosion check is about the potential's steps
             target = FrechetCellFilter(atoms) if config.cell else atoms
             opt = FIRE(target, logfile=None)
             converged = bool(opt.run(fmax=config.fmax, steps=config.steps))

@@ -23,13 +23,16 @@ SCALE = 0.7  # x (sum of covalent radii): the distance pushed to
 STIFFNESS = 10.0  # eV/Å^2
 
 
-def contact_ratio(atoms) -> float:
-    """The smallest distance over the sum of covalent radii, over all pairs (periodic images included)."""
+def contact_ratio(atoms, up_to: float = 1.0) -> float:
+    """The smallest distance over the sum of covalent radii, over all pairs (periodic images included).
+
+    Pairs are searched up to ``up_to`` x the largest sum of radii; ``inf`` when none is that close.
+    """
     from ase.data import covalent_radii
     from ase.neighborlist import neighbor_list
 
     radii = covalent_radii[atoms.numbers]
-    cutoff = 2 * float(radii.max()) + 1e-6
+    cutoff = 2 * max(up_to, 1.0) * float(radii.max()) + 1e-6
     i, j, d = neighbor_list("ijd", atoms, cutoff)
     if len(d) == 0:
         return float("inf")
@@ -88,7 +91,7 @@ def push_apart(atoms, scale: float = SCALE, steps: int = 200, cell: bool = True)
     The calculator attached to ``atoms`` is kept.
     """
     require("relaxation")
-    if len(atoms) < 1 or contact_ratio(atoms) >= scale:
+    if len(atoms) < 1 or contact_ratio(atoms, scale) >= scale:
         return 0
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..atomic import swap_into_place, temporary_sibling
+from ..atomic import assembled
 
 from ..crystal import Crystal
 
@@ -54,23 +54,22 @@ def write_refined(out, names: list[str], before: list[Crystal], after: list[Crys
     from ..sampling.output import check_output_dir, structure_checks
 
     out = check_output_dir(out, overwrite)
-    tmp = temporary_sibling(out)
-    rows, counts = [], {"refined": 0, "valid_before": 0, "valid_after": 0, "skipped": len(skipped or [])}
-    used: set[str] = set()
-    for name, b, a in zip(names, before, after):
-        stem = name if name not in used else f"{name}_{len(used)}"
-        used.add(stem)
-        _, fb = structure_checks(b)
-        _, fa = structure_checks(a)
-        (tmp / f"{stem}.cif").write_text(crystal_cif(a, stem), encoding="utf-8")
-        counts["refined"] += 1
-        counts["valid_before"] += int(fb["valid_structure"])
-        counts["valid_after"] += int(fa["valid_structure"])
-        rows.append({"file": f"{stem}.cif", "space_group": a.space_group, "formula": a.formula,
-                     "num_atoms": a.num_atoms, "wyckoff": a.wyckoff_sequence, "text": a.to_text(),
-                     "text_before": b.to_text(), "min_distance_before": fb["min_distance"],
-                     "min_distance": fa["min_distance"], "valid_structure": fa["valid_structure"]})
-    payload = {"meta": meta or {}, "counts": counts, "samples": rows, "skipped": skipped or []}
-    (tmp / "samples.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    swap_into_place(tmp, out)
-    return counts
+    with assembled(out) as tmp:
+        rows, counts = [], {"refined": 0, "valid_before": 0, "valid_after": 0, "skipped": len(skipped or [])}
+        used: set[str] = set()
+        for name, b, a in zip(names, before, after):
+            stem = name if name not in used else f"{name}_{len(used)}"
+            used.add(stem)
+            _, fb = structure_checks(b)
+            _, fa = structure_checks(a)
+            (tmp / f"{stem}.cif").write_text(crystal_cif(a, stem), encoding="utf-8")
+            counts["refined"] += 1
+            counts["valid_before"] += int(fb["valid_structure"])
+            counts["valid_after"] += int(fa["valid_structure"])
+            rows.append({"file": f"{stem}.cif", "space_group": a.space_group, "formula": a.formula,
+                         "num_atoms": a.num_atoms, "wyckoff": a.wyckoff_sequence, "text": a.to_text(),
+                         "text_before": b.to_text(), "min_distance_before": fb["min_distance"],
+                         "min_distance": fa["min_distance"], "valid_structure": fa["valid_structure"]})
+        payload = {"meta": meta or {}, "counts": counts, "samples": rows, "skipped": skipped or []}
+        (tmp / "samples.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        return counts

@@ -12,19 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import swap_into_place, temporary_sibling
+from ..atomic import assembled, check_output_folder
 
 MIN_DISTANCE = 0.5  # Å, the CDVAE structural-validity cut-off
 MIN_VOLUME = 0.1  # Å^3
 
 
 def check_output_dir(out, overwrite: bool) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; pass --overwrite (overwrite=True) to replace it")
-    return out
+    """``out`` checked and claimed for writing (:func:`crystalformer.atomic.check_output_folder`)."""
+    return check_output_folder(out, overwrite)
 
 
 def structure_checks(crystal) -> tuple[object | None, dict]:
@@ -58,13 +54,17 @@ def write_samples(samples, out, overwrite: bool = False, names: list[str] | None
     and Wyckoff sites (:func:`crystalformer.cif.crystal_cif`); ``p1`` writes every atom in P1.
     Returns counts by outcome.
     """
-    from ..cif import crystal_cif
-
-    out = check_output_dir(out, overwrite)
     names = names or [f"sample_{i:05d}" for i in range(len(samples))]
     if len(names) != len(samples) or len(set(names)) != len(names):
         raise ValueError("names must be unique, one per sample")
-    tmp = temporary_sibling(out)
+    out = check_output_dir(out, overwrite)
+    with assembled(out) as tmp:
+        return _write_samples(samples, tmp, names, extra, meta, p1)
+
+
+def _write_samples(samples, tmp: Path, names, extra, meta, p1) -> dict:
+    from ..cif import crystal_cif
+
     rows, counts = [], {"written": 0, "not_decoded": 0, "not_built": 0, "invalid_structure": 0}
     for i, (s, name) in enumerate(zip(samples, names)):
         structure, flags = structure_checks(s.crystal)
@@ -81,7 +81,6 @@ def write_samples(samples, out, overwrite: bool = False, names: list[str] | None
         rows.append(row)
     payload = {"meta": meta or {}, "counts": counts, "samples": rows}
     (tmp / "samples.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    swap_into_place(tmp, out)
     return counts
 
 
