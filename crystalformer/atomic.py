@@ -150,7 +150,7 @@ def claim_output(out) -> None:
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
         if not _HELD:
-            atexit.register(_release_all)
+            atexit.register(release_all)
         _HELD.add(lock)
         return
     raise FileExistsError(f"{out}: could not take the lock {lock}")
@@ -163,7 +163,8 @@ def release_output(out) -> None:
         lock.unlink(missing_ok=True)
 
 
-def _release_all() -> None:
+def release_all() -> None:
+    """Drop every output lock this process holds (end of a command, or exit)."""
     for lock in list(_HELD):
         lock.unlink(missing_ok=True)
     _HELD.clear()

@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (0 ok, 2 usage or input error)."""
     from .physics import PhysicsUnavailable
 
-    from .atomic import exit_on_sigterm
+    from .atomic import exit_on_sigterm, release_all
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -330,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("crystalformer: interrupted", file=sys.stderr)
         return 130
+    finally:
+        release_all()
 
 
 if __name__ == "__main__":

@@ -144,3 +144,22 @@ def test_help_parses_without_loading_torch():
             "print(heavy)\nsys.exit(1 if heavy else 0)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["csp", "--composition", "NaCl0"], "Cl count 0 is not a positive integer"),
+    (["csp", "--composition", "Na63Cl64"], "127 atoms, more than max_atoms=80"),
+    (["csp", "--composition", "NaCl", "--max-atoms", "0"], "max_atoms must be an integer >= 1"),
+    (["csp", "--composition", "NaCl", "--particles", "0"], "n_particles must be 1 to"),
+    (["csp", "--composition", "NaCl", "--n", "1000000000"], "n and n_particles must be 1 to"),
+    (["csp", "--composition", "NaCl", "--formula-units", "0"], "formula units must be integers >= 1"),
+    (["csp", "--composition", "NaCl", "--formula-units", "x"], "--formula-units 'x'"),
+    (["csp", "--composition", "NaCl", "--temperature", "nan"], "need temperature > 0"),
+    (["sample", "--n", "2", "--top-p", "inf"], "0 < top_p <= 1"),
+])
+def test_impossible_requests_are_one_line_errors(argv, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crystalformer: error: ") and message in err and "Traceback" not in err
+    assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())

@@ -110,6 +110,9 @@ def sample(model, n: int, space_groups=None, elements=None, site_elements=None, 
     return SampleSet(samples, float(np.mean(evidence)) if evidence else None, resamples)
 
 
+MAX_CSP_PARTICLES = 100_000  # CSP decodes its particles in one batch, so memory grows with their number
+
+
 def predict_structure(model, composition, n: int = 20, cell: str = "reduced", formula_units=None,
                       max_atoms: int = 80, space_groups=None, n_particles: int | None = None,
                       temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, smc: bool = True) -> SampleSet:
@@ -122,6 +125,9 @@ def predict_structure(model, composition, n: int = 20, cell: str = "reduced", fo
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if n > MAX_CSP_PARTICLES or (n_particles is not None and not 1 <= n_particles <= MAX_CSP_PARTICLES):
+        raise ValueError(f"CSP decodes all its particles in one batch: n and n_particles must be 1 to "
+                         f"{MAX_CSP_PARTICLES:,}, got n={n}, n_particles={n_particles}")
     num_elements = len(parse_composition(composition))
     grammar = fitting_grammar(model, 3 + 2 * num_elements)  # [BOS] [COMP] (El N)* [/COMP]
     branches = composition_branches(composition, grammar, cell, formula_units, max_atoms, space_groups)

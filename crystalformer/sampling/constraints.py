@@ -11,6 +11,7 @@ candidate space group; a reduced formula means any number of formula units).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from functools import reduce
 
@@ -92,6 +93,11 @@ def parse_composition(composition) -> dict[str, int]:
     if isinstance(composition, dict):
         items = dict(composition)
     else:
+        if isinstance(composition, str):
+            # pymatgen drops elements written with a zero count ("NaCl0" would become pure Na)
+            for el, amt in re.findall(r"([A-Z][a-z]?)\s*([0-9]*\.?[0-9]*)", composition):
+                if amt and float(amt) == 0:
+                    raise ValueError(f"composition {composition!r}: {el} count {amt} is not a positive integer")
         try:
             items = {getattr(el, "symbol", str(el)): amt for el, amt in Composition(composition).items()}
         except (ValueError, KeyError) as err:
@@ -147,11 +153,17 @@ def composition_branches(composition, grammar: Grammar, cell: str = "reduced", f
     order = sorted(counts, key=_atomic_number)
     base = [counts[el] for el in order]
     allowed_sgs = set(range(1, 231)) if space_groups is None else {int(n) for n in space_groups}
+    if not (isinstance(max_atoms, int) and max_atoms >= 1):
+        raise ValueError(f"max_atoms must be an integer >= 1, got {max_atoms!r}")
+    if formula_units is not None and not all(isinstance(z, int) and z >= 1 for z in formula_units):
+        raise ValueError(f"formula units must be integers >= 1, got {list(formula_units)}")
     if cell == "reduced":
         g = reduce(math.gcd, base)
         base = [c // g for c in base]
-        zs = list(formula_units) if formula_units else \
-            list(range(1, max(1, max_atoms // sum(base)) + 1))
+        if not formula_units and sum(base) > max_atoms:
+            raise ValueError(f"composition {composition!r}: one formula unit has {sum(base)} atoms, more than "
+                             f"max_atoms={max_atoms} (--max-atoms)")
+        zs = list(formula_units) if formula_units else list(range(1, max_atoms // sum(base) + 1))
         multiples = [(z, z, None) for z in zs]
     elif cell == "primitive":
         multiples = [(f, 1, f) for f in CENTERING_FACTORS]

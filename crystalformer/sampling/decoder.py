@@ -42,7 +42,8 @@ class DecodeOptions:
     """Incremental decoding; False recomputes the whole prefix at every step (for benchmarks and checks)."""
 
     def __post_init__(self):
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or not 0 <= self.ess_threshold <= 1:
+        finite = all(math.isfinite(float(v)) for v in (self.temperature, self.top_p, self.ess_threshold))
+        if not finite or self.temperature <= 0 or not 0 < self.top_p <= 1 or not 0 <= self.ess_threshold <= 1:
             raise ValueError(f"need temperature > 0, 0 < top_p <= 1 and 0 <= ess_threshold <= 1; got "
                              f"{self.temperature}, {self.top_p}, {self.ess_threshold}")
 
