@@ -163,3 +163,32 @@ def test_impossible_requests_are_one_line_errors(argv, message, tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith("crystalformer: error: ") and message in err and "Traceback" not in err
     assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def _edit_config(folder, edit):
+    import json
+
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(edit(data)))
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
+     "model.safetensors: cannot read the weights"),
+    (lambda d: (d / "model.safetensors").write_bytes(b""), "model.safetensors: cannot read the weights"),
+    (lambda d: _edit_config(d, lambda c: {k: v for k, v in c.items() if k != "model"}), 'has no "model" section'),
+    (lambda d: _edit_config(d, lambda c: [1, 2]), "a JSON object is expected"),
+    (lambda d: _edit_config(d, lambda c: {**c, "model": {**c["model"], "d_model": "wide"}}), "model.d_model must be a number"),
+    (lambda d: _edit_config(d, lambda c: {**c, "model": {**c["model"], "d_model": 262144}}), "the folder is inconsistent"),
+    (lambda d: (d / "config.json").write_text("not json"), "config.json is not valid JSON"),
+    (lambda d: (d / "tokenizer.json").unlink(), "missing tokenizer.json"),
+])
+def test_corrupt_model_folders_are_one_line_errors(corrupt, message, tmp_path, capsys):
+    from crystalformer.defaults import resolve_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_model("perov_5"), folder)
+    corrupt(folder)
+    assert main(["sample", "--model", str(folder), "--n", "2", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crystalformer: error: ") and message in err and "Traceback" not in err

@@ -7,7 +7,9 @@ never leaves a half-written model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 from ..atomic import swap_into_place, temporary_sibling
@@ -53,6 +55,7 @@ def load_model(path=None, device="cpu"):
         raise FileNotFoundError(f"{path} is not a crystalformer model directory: missing {', '.join(missing)}")
     config = read_config(path)
     tokenizer = CrystalTokenizer.load(path)
+    _check_size(path, config)
     model = CrystalFormer(config, tokenizer)
     try:
         state = load_file(str(path / "model.safetensors"), device=str(device))
@@ -65,17 +68,54 @@ def load_model(path=None, device="cpu"):
     return model.to(device).eval()
 
 
+def _check_size(path: Path, config: ModelConfig) -> None:
+    """Refuse, before allocating anything, a config.json far larger than the weights it sits beside.
+
+    A transformer of this shape has at least n_layer * 4 * d_model^2 weights (attention) plus its
+    embeddings; a corrupted or hand-edited config (``d_model: 262144``) would otherwise try to
+    allocate hundreds of GB before the weights are even read.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    f = path / "model.safetensors"
+    try:
+        with safe_open(str(f), "pt") as weights:
+            stored = sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{f}: cannot read the weights ({err})") from None
+    least = config.n_layer * 4 * config.d_model ** 2 + (config.vocab_size + config.max_len) * config.d_model
+    if least > 2 * stored:
+        raise ValueError(f"{path / 'config.json'} describes a model of at least {least:,} weights but "
+                         f"{f.name} holds {stored:,}: the folder is inconsistent (was config.json edited?)")
+
+
 def read_config(path) -> ModelConfig:
     path = Path(path)
+    f = path / "config.json"
     try:
-        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        data = json.loads(f.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path / 'config.json'} is not valid JSON: {err}") from None
+        raise ValueError(f"{f} is not valid JSON: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{f}: cannot read it ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{f} is not a crystalformer model config (a JSON object is expected)")
     if data.get("format") != FORMAT:
         raise ValueError(f"{path / 'config.json'} is not a crystalformer model config (format {data.get('format')!r})")
     if data.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} has model format {data.get('format_version')}; this package reads {FORMAT_VERSION}")
-    return config_from_dict(ModelConfig, data["model"])
+    fields = data.get("model")
+    if not isinstance(fields, dict):
+        raise ValueError(f"{f} has no \"model\" section: the folder is incomplete or not a model")
+    for field in dataclasses.fields(ModelConfig):
+        value = fields.get(field.name)
+        want = {"int": int, "float": (int, float)}.get(str(field.type))
+        if value is not None and want and (isinstance(value, bool) or not isinstance(value, want)):
+            raise ValueError(f"{f}: model.{field.name} must be a number ({field.type}), got {value!r}")
+    try:
+        return config_from_dict(ModelConfig, fields)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{f}: {err}") from None
 
 
 def read_metadata(path) -> dict:
