@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .errors import CrystalError
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zip")  # what pandas reads as CSV
@@ -108,6 +110,9 @@ def read_records(path) -> Iterator[Record]:
     return read_csv_records(path) if is_csv(path) else read_cif_records(path)
 
 
+MAX_CIF_LINES = 200_000  # a 20,000-atom P1 cell has about 20,000 lines
+
+
 def structure_from_cif(text: str, name: str = "<cif>"):
     """Parse one CIF string into a pymatgen Structure.
 
@@ -118,6 +123,9 @@ def structure_from_cif(text: str, name: str = "<cif>"):
 
     if not isinstance(text, str) or not text.strip():
         raise CrystalError("parse", f"{name}: empty CIF")
+    if text.count("\n") > MAX_CIF_LINES:
+        raise CrystalError("parse", f"{name}: {text.count(chr(10)):,} lines, far more than any crystal this package "
+                                    f"handles (at most {MAX_CIF_LINES:,}); refused before parsing")
     structure, error = None, None
     with warnings.catch_warnings(record=True) as caught:
         warnings.filterwarnings("always", category=UserWarning, module=_CIF_WARNING_MODULE)
@@ -130,6 +138,23 @@ def structure_from_cif(text: str, name: str = "<cif>"):
         notes = "; ".join(dict.fromkeys(_cif_notes(caught)))
         raise CrystalError("parse", f"{name}: unreadable CIF ({type(error).__name__}: {error})"
                                     + (f" [parser notes: {notes}]" if notes else ""))
+    check_structure(structure, name)
+    if np.linalg.det(structure.lattice.matrix) <= 0:  # a CIF cell from parameters is right-handed
+        raise CrystalError("parse", f"{name}: cell lengths must be positive (the parsed cell is inverted)")
+    return structure
+
+
+def check_structure(structure, name: str = "<structure>"):
+    """``structure`` itself, or ``CrystalError(reason="parse")`` naming ``name`` when its cell or
+    coordinates hold NaN or infinity or its volume is not positive: such numbers crash spglib
+    (a segmentation fault), so they are stopped here, before any symmetry code sees them."""
+    matrix = np.asarray(structure.lattice.matrix, dtype=float)
+    frac = np.asarray(structure.frac_coords, dtype=float)
+    if not (np.isfinite(matrix).all() and np.isfinite(frac).all()):
+        raise CrystalError("parse", f"{name}: the cell or coordinates hold non-finite numbers (NaN or infinity)")
+    volume = abs(float(np.linalg.det(matrix)))
+    if not volume > 1e-6:
+        raise CrystalError("parse", f"{name}: the cell has no volume ({volume:.3g} Å^3)")
     return structure
 
 
@@ -142,11 +167,14 @@ def to_structure(obj):
     from pymatgen.core import Structure
 
     if isinstance(obj, Structure):
-        return obj
+        return check_structure(obj)
     if _is_ase_atoms(obj):
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        return AseAtomsAdaptor.get_structure(obj)
+        if not all(obj.pbc):
+            raise CrystalError("parse", f"ASE Atoms {obj.get_chemical_formula()}: not periodic in all three "
+                                        f"directions (pbc={list(map(bool, obj.pbc))}); a crystal needs pbc=True")
+        return check_structure(AseAtomsAdaptor.get_structure(obj), f"ASE Atoms {obj.get_chemical_formula()}")
     if isinstance(obj, str) and "\n" in obj:
         return structure_from_cif(obj)
     if isinstance(obj, (str, Path)):
@@ -158,7 +186,7 @@ def to_structure(obj):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"pymatgen\.io\.")
             try:
-                return Structure.from_file(path)
+                return check_structure(Structure.from_file(path), str(path))
             except (ValueError, KeyError, IndexError, TypeError) as err:
                 raise CrystalError("parse", f"{path}: unreadable structure file "
                                             f"({type(err).__name__}: {err})") from None

@@ -147,3 +147,37 @@ def test_to_structure_rejects_unknown_inputs(tmp_path):
         to_structure(tmp_path / "absent.cif")
     with pytest.raises(TypeError, match="int"):
         to_structure(42)
+
+
+@pytest.mark.parametrize("value, message", [("nan", "non-finite"), ("inf", "non-finite"),
+                                            ("-5.64", "cell lengths must be positive")])
+def test_cif_with_impossible_cell_is_a_parse_error_not_a_crash(nacl_cif, value, message):
+    import re
+
+    from crystalformer.io import structure_from_cif
+
+    text = re.sub(r"_cell_length_a\s+\S+", f"_cell_length_a {value}", nacl_cif)
+    with pytest.raises(CrystalError, match=message) as info:
+        structure_from_cif(text, "bad.cif")
+    assert info.value.reason == "parse" and "bad.cif" in str(info.value)
+
+
+def test_non_finite_structures_and_non_periodic_atoms_are_refused():
+    from ase import Atoms
+
+    from crystalformer.io import to_structure
+
+    s = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    s.replace(1, "Cl", [float("nan"), 0.5, 0.5])
+    with pytest.raises(CrystalError, match="non-finite"):
+        to_structure(s)
+    molecule = Atoms("NaCl", positions=[[0, 0, 0], [2.8, 0, 0]], cell=[10, 10, 10], pbc=False)
+    with pytest.raises(CrystalError, match="not periodic"):
+        to_structure(molecule)
+
+
+def test_enormous_cif_is_refused_before_parsing():
+    from crystalformer.io import MAX_CIF_LINES, structure_from_cif
+
+    with pytest.raises(CrystalError, match="refused before parsing"):
+        structure_from_cif("data_x\n" + "# filler\n" * (MAX_CIF_LINES + 1), "huge.cif")
