@@ -286,6 +286,15 @@ def test_overlapping_atoms_are_pushed_apart_then_relaxed(chgnet):
 
 
 @needs_chgnet
+def test_atoms_too_close_for_spglib_are_separated_before_symmetry_is_fixed(chgnet):
+    """Two O atoms 0.004 Å apart: spglib refuses them (FixSymmetry raises); they are pushed apart first."""
+    s = Structure(Lattice.cubic(4.2), ["Mg", "O", "O"], [[0, 0, 0], [0.5, 0.5, 0.5], [0.501, 0.5, 0.5]])
+    r = relax_one(s, chgnet, RelaxConfig(steps=100))
+    assert r.relaxed and r.separation_steps > 0, r.error
+    assert r.structure.distance_matrix[1, 2] > 0.9
+
+
+@needs_chgnet
 def test_diamond_silicon_keeps_fd3m(chgnet):
     si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.3), ["Si"], [[0, 0, 0]])
     si.perturb(0.02, min_distance=0.01)  # small random displacements: FixSymmetry must remove them

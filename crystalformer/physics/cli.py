@@ -130,9 +130,13 @@ def _structure_cif(structure, name: str) -> tuple[str, bool]:
     try:
         return crystal_cif(Crystal.from_structure(structure), name), True
     except (CrystalError, ValueError):
+        import warnings
+
         from pymatgen.io.cif import CifWriter
 
-        return str(CifWriter(structure)), False
+        with warnings.catch_warnings():  # P1 labels repeat per element; readers do not mind
+            warnings.simplefilter("ignore", UserWarning)
+            return str(CifWriter(structure)), False
 
 
 def _primitive(structure, config):

@@ -121,10 +121,17 @@ def relax_one(structure, potential, config: RelaxConfig = RelaxConfig()) -> Rela
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            push = config.separate > 0 and config.steps > 0
             if config.symmetric:
-                atoms.set_constraint(FixSymmetry(atoms, symprec=config.symprec))
-            if config.separate > 0 and config.steps > 0:
-                separation = push_apart(atoms, config.separate, cell=config.cell)
+                try:
+                    atoms.set_constraint(FixSymmetry(atoms, symprec=config.symprec))
+                except Exception:  # noqa: BLE001 - spglib refuses atoms on top of each other:
+                    if not push:  # separate them without constraint, then find the symmetry
+                        raise
+                    separation = push_apart(atoms, config.separate, cell=config.cell)
+                    atoms.set_constraint(FixSymmetry(atoms, symprec=config.symprec))
+            if push:
+                separation += push_apart(atoms, config.separate, cell=config.cell)
             v0 = atoms.get_volume()  # after the push: the explosion check is about the potential's steps
             target = FrechetCellFilter(atoms) if config.cell else atoms
             opt = FIRE(target, logfile=None)
