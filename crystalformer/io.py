@@ -138,23 +138,23 @@ def structure_from_cif(text: str, name: str = "<cif>"):
         notes = "; ".join(dict.fromkeys(_cif_notes(caught)))
         raise CrystalError("parse", f"{name}: unreadable CIF ({type(error).__name__}: {error})"
                                     + (f" [parser notes: {notes}]" if notes else ""))
-    check_structure(structure, name)
+    check_structure(structure, name, "parse")
     if np.linalg.det(structure.lattice.matrix) <= 0:  # a CIF cell from parameters is right-handed
         raise CrystalError("parse", f"{name}: cell lengths must be positive (the parsed cell is inverted)")
     return structure
 
 
-def check_structure(structure, name: str = "<structure>"):
+def check_structure(structure, name: str = "<structure>", reason: str = "invalid"):
     """``structure`` itself, or ``CrystalError(reason="parse")`` naming ``name`` when its cell or
     coordinates hold NaN or infinity or its volume is not positive: such numbers crash spglib
     (a segmentation fault), so they are stopped here, before any symmetry code sees them."""
     matrix = np.asarray(structure.lattice.matrix, dtype=float)
     frac = np.asarray(structure.frac_coords, dtype=float)
     if not (np.isfinite(matrix).all() and np.isfinite(frac).all()):
-        raise CrystalError("parse", f"{name}: the cell or coordinates hold non-finite numbers (NaN or infinity)")
+        raise CrystalError(reason, f"{name}: the cell or coordinates hold non-finite numbers (NaN or infinity)")
     volume = abs(float(np.linalg.det(matrix)))
     if not volume > 1e-6:
-        raise CrystalError("parse", f"{name}: the cell has no volume ({volume:.3g} Å^3)")
+        raise CrystalError(reason, f"{name}: the cell is degenerate (volume {volume:.3g} Å^3)")
     return structure
 
 
@@ -186,7 +186,7 @@ def to_structure(obj):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"pymatgen\.io\.")
             try:
-                return check_structure(Structure.from_file(path), str(path))
+                return check_structure(Structure.from_file(path), str(path), "parse")
             except (ValueError, KeyError, IndexError, TypeError) as err:
                 raise CrystalError("parse", f"{path}: unreadable structure file "
                                             f"({type(err).__name__}: {err})") from None
