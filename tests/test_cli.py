@@ -192,3 +192,20 @@ def test_corrupt_model_folders_are_one_line_errors(corrupt, message, tmp_path, c
     assert main(["sample", "--model", str(folder), "--n", "2", "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("crystalformer: error: ") and message in err and "Traceback" not in err
+
+
+def test_table_shows_the_space_group_spglib_finds_and_reduced_formulas(capsys):
+    """Rock salt written in R-3m (166) by the model is shown as 225, with the model's label beside it."""
+    import math
+
+    from crystalformer import Crystal
+    from crystalformer.sampling.api import Sample
+    from crystalformer.sampling.cli import _print_table
+
+    a_cubic = 5.64
+    rock_salt = Crystal.from_text(f"166 a Na - b Cl - | {a_cubic / math.sqrt(2)} {a_cubic * math.sqrt(3)}")
+    _print_table([Sample(rock_salt, -1.0)])
+    out = capsys.readouterr().out
+    row = out.splitlines()[1].split()
+    assert row[1:4] == ["225", "(166)", "NaCl"], out
+    assert "the model's label in brackets" in out

@@ -35,13 +35,29 @@ def _symbols(text: str | None) -> list[str] | None:
     return None if text is None else [s.strip() for s in text.replace(" ", ",").split(",") if s.strip()]
 
 
+def _shown_symmetry(crystal) -> tuple[str, str]:
+    """(space group as spglib finds it on the written structure, with the model's label when they
+    differ; reduced formula) for the table a person reads."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        structure = crystal.to_structure()
+        found = SpacegroupAnalyzer(structure, symprec=0.1).get_space_group_number()
+        formula = structure.composition.reduced_formula
+    except Exception:  # noqa: BLE001 - the table still shows the model's label
+        return str(crystal.space_group), crystal.formula
+    label = str(found) if found == crystal.space_group else f"{found} ({crystal.space_group})"
+    return label, formula
+
+
 def _print_table(samples, limit: int = 12) -> None:
     shown = samples[:limit]
-    width = max([16] + [len(s.crystal.formula) for s in shown if s.crystal is not None])
+    symmetry = [None if s.crystal is None else _shown_symmetry(s.crystal) for s in shown]
+    width = max([12] + [len(f) for sym in symmetry if sym for f in sym[1:]])
     energies = any(s.physics and s.physics.get("energy_per_atom") is not None for s in shown)
     head = f"  {'eV/atom':>9}  relaxed" if energies else ""
     print(f"{'#':>3}  {'space group':>11}  {'formula':<{width}} {'atoms':>5}  {'log p':>9}{head}  wyckoff")
-    for i, s in enumerate(shown):
+    for i, (s, sym) in enumerate(zip(shown, symmetry)):
         c = s.crystal
         e = ""
         if energies:
@@ -51,8 +67,10 @@ def _print_table(samples, limit: int = 12) -> None:
         if c is None:
             print(f"{i:>3}  {'-':>11}  {'(not decoded)':<{width}} {'-':>5}  {s.log_likelihood:>9.2f}{e}  {s.error}")
         else:
-            print(f"{i:>3}  {c.space_group:>11}  {c.formula:<{width}} {c.num_atoms:>5}  {s.log_likelihood:>9.2f}{e}  "
+            print(f"{i:>3}  {sym[0]:>11}  {sym[1]:<{width}} {c.num_atoms:>5}  {s.log_likelihood:>9.2f}{e}  "
                   f"{c.wyckoff_sequence}")
+    if any(sym and "(" in sym[0] for sym in symmetry):
+        print("space group: as spglib finds it in the written cell (symprec 0.1 Å); the model's label in brackets")
     if len(samples) > limit:
         print(f"... {len(samples) - limit} more in samples.json")
 
