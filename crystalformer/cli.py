@@ -308,6 +308,27 @@ def apply_threads(command: str, threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def check_device(name: str | None) -> None:
+    """``--device``: a device torch knows and this machine has, or a one-line UsageError."""
+    if name is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r}: not a torch device (use cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: torch sees no CUDA device on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name}: unsupported device type {device.type!r} (use cpu, cuda or mps)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (0 ok, 2 usage or input error)."""
     from .physics import PhysicsUnavailable
@@ -319,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     exit_on_sigterm()  # a terminated run cleans up its temporary folder like an interrupted one
     try:
         apply_threads(args.command, getattr(args, "threads", None))
+        check_device(getattr(args, "device", None))
         return args.func(args)
     except (UsageError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,
             PhysicsUnavailable) as err:

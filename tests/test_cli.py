@@ -209,3 +209,19 @@ def test_table_shows_the_space_group_spglib_finds_and_reduced_formulas(capsys):
     row = out.splitlines()[1].split()
     assert row[1:4] == ["225", "(166)", "NaCl"], out
     assert "the model's label in brackets" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--n", "2", "--device", "bogus"], "not a torch device"),
+    (["sample", "--n", "2", "--device", "cuda:7"], "--device cuda:7"),
+    (["refine", "--input", "{cif}", "--batch-size", "0"], "--batch-size must be >= 1"),
+])
+def test_devices_and_batch_sizes_are_checked_in_one_line(argv, message, tmp_path, data_dir, capsys):
+    import torch
+
+    if "cuda:7" in argv and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has eight CUDA devices")
+    argv = [a.format(cif=data_dir / "cif" / "NaCl.cif") for a in argv]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crystalformer: error: ") and message in err

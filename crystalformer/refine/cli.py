@@ -57,8 +57,11 @@ def cmd_refine(args) -> int:
         raise UsageError(f"--model {args.model}: not a refiner model directory (no config.json)")
     if not args.input.exists():
         raise UsageError(f"--input {args.input}: file or folder not found")
-    if args.n_steps < 1 or args.sigma_start <= 0:
+    if args.n_steps < 1 or not args.sigma_start > 0:
         raise UsageError(f"--n-steps must be >= 1 and --sigma-start > 0 (got {args.n_steps}, {args.sigma_start})")
+    if args.batch_size < 1 or args.n_corrector < 0 or not args.snr > 0:
+        raise UsageError(f"--batch-size must be >= 1, --n-corrector >= 0 and --snr > 0 "
+                         f"(got {args.batch_size}, {args.n_corrector}, {args.snr})")
     check_output_dir(args.out, args.overwrite)  # refuse before the work, not after
     refiner = load_refiner(args.model, args.device)
     lo, hi = refiner.sde.sigma_min, refiner.sde.sigma_max
