@@ -346,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
             PhysicsUnavailable) as err:
         print(f"crystalformer: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # an unwritable folder, a full disk, ...: one line naming the path
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"crystalformer: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except FloatingPointError as err:  # a NaN loss stopped training; the last good checkpoint is kept
         print(f"crystalformer: error: {err}", file=sys.stderr)
         return 1

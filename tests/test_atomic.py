@@ -110,3 +110,27 @@ main(["sample", "--n", "8", "--out", {str(tmp_path / 'out')!r}, "--quiet"])
     proc.wait(timeout=60)
     assert proc.returncode != 0
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_written_folders_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with assembled(tmp_path / "out") as tmp:
+            (tmp / "samples.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+
+
+def test_unwritable_output_is_one_line(tmp_path, monkeypatch, capsys):
+    """A folder the user cannot write (simulated: root ignores permissions) gives one line, exit 1."""
+    import crystalformer.atomic as atomic
+    from crystalformer.cli import main
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(atomic.tempfile, "mkdtemp", refuse)
+    assert main(["sample", "--n", "2", "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"crystalformer: error: {tmp_path}: Permission denied"
