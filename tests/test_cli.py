@@ -225,3 +225,34 @@ def test_devices_and_batch_sizes_are_checked_in_one_line(argv, message, tmp_path
     assert main([*argv, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("crystalformer: error: ") and message in err
+
+
+def test_distinct_samples_keeps_the_first_of_each_structure():
+    from pymatgen.core import Lattice, Structure
+
+    from crystalformer import Crystal
+    from crystalformer.sampling.api import Sample
+    from crystalformer.sampling.dedup import distinct_samples
+
+    rock_salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    cscl = Structure(Lattice.cubic(3.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    a, b = Crystal.from_structure(rock_salt), Crystal.from_structure(rock_salt.get_primitive_structure())
+    samples = [Sample(a, -1.0), Sample(None, -2.0), Sample(b, -3.0), Sample(Crystal.from_structure(cscl), -4.0)]
+    kept, removed = distinct_samples(samples)
+    assert removed == 1 and [s.log_likelihood for s in kept] == [-1.0, -2.0, -4.0]
+    assert [s.log_likelihood for s in distinct_samples(samples, limit=2)[0]] == [-1.0, -2.0]
+
+
+def test_csp_by_log_p_writes_distinct_structures(tmp_path, capsys):
+    import json
+
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Structure
+
+    out = tmp_path / "out"
+    assert main(["csp", "--composition", "NaCl", "--n", "6", "--out", str(out), "--quiet"]) == 0
+    assert "duplicates of higher-ranked crystals removed from 12 drawn" in capsys.readouterr().out
+    rows = json.loads((out / "samples.json").read_text())["samples"]
+    structures = [Structure.from_file(out / r["file"]) for r in rows if r["file"]]
+    matcher = StructureMatcher()
+    assert not any(matcher.fit(x, y) for i, x in enumerate(structures) for y in structures[i + 1:])

@@ -169,10 +169,19 @@ def _csp_options(args) -> dict:
 def _predict(args, model, formula, cell, seed):
     """predict_structure with --rank logp (refine / relax after), or --rank energy (refine before ranking)."""
     from .api import predict_structure
+    from .dedup import MAX_PAIRWISE, distinct_samples
 
     options = _csp_options(args)
     if args.rank == "logp":
+        dedup = args.composition is not None and not args.keep_duplicates and 2 * args.n <= MAX_PAIRWISE
+        if dedup:  # draw twice as many, keep the first n distinct ones
+            options["n"] = 2 * args.n
+            if options.get("n_particles") is not None:
+                options["n_particles"] = max(options["n_particles"], options["n"])
         result = predict_structure(model, formula, cell=cell, seed=seed, **options)
+        if dedup:
+            result.samples, removed = distinct_samples(result.samples, args.n)
+            args._duplicates = removed
         result.samples = _refine(args, result.samples)
         return result
     from ..physics.cli import potential_from, rank_config
@@ -205,7 +214,9 @@ def _csp_one(args, model) -> int:
     _print_table(result.samples)
     if args.rank == "energy" and report_ranking(args._rank_stats):
         print(report_ranking(args._rank_stats))
-    how = "log-likelihood" if args.rank == "logp" else \
+    duplicates = getattr(args, "_duplicates", None)
+    how = ("log-likelihood" + ("" if duplicates is None else f", {duplicates} duplicates of higher-ranked crystals "
+                               f"removed from {2 * args.n} drawn")) if args.rank == "logp" else \
         f"energy per atom ({args.relax_top} lowest of {max(args.candidates, args.n)} candidates relaxed, duplicates removed)"
     print(f"{counts['written']} CIFs in {args.out}, ranked by {how} ({wall:.1f} s)")
     return 0
@@ -359,6 +370,9 @@ def add_parsers(sub) -> None:
                         "rank by relaxed energy per atom (physics extra)")
     p.add_argument("--candidates", type=int, default=64, help="crystals decoded for --rank energy (default 64)")
     p.add_argument("--relax-top", type=int, default=8, help="candidates relaxed for --rank energy (default 8)")
+    p.add_argument("--keep-duplicates", action="store_true",
+                   help="--composition by log p: keep repeated structures (default: draw 2n, keep the first n "
+                        "distinct ones, StructureMatcher)")
     p.add_argument("--tie-window", type=float, default=0.03, metavar="EV",
                    help="--rank energy: relaxed energies per atom closer than this are ties, broken by log p "
                         "(default 0.03 eV/atom, about the potential's error; 0: energy alone)")
