@@ -150,7 +150,7 @@ def test_help_parses_without_loading_torch():
     (["csp", "--composition", "NaCl0"], "Cl count 0 is not a positive integer"),
     (["csp", "--composition", "Na63Cl64"], "127 atoms, more than max_atoms=80"),
     (["csp", "--composition", "NaCl", "--max-atoms", "0"], "max_atoms must be an integer >= 1"),
-    (["csp", "--composition", "NaCl", "--particles", "0"], "n_particles must be 1 to"),
+    (["csp", "--composition", "NaCl", "--particles", "0"], "--particles must be >= 1"),
     (["csp", "--composition", "NaCl", "--n", "1000000000"], "n and n_particles must be 1 to"),
     (["csp", "--composition", "NaCl", "--formula-units", "0"], "formula units must be integers >= 1"),
     (["csp", "--composition", "NaCl", "--formula-units", "x"], "--formula-units 'x'"),

@@ -162,6 +162,8 @@ def _csp_options(args) -> dict:
         units = None if args.formula_units is None else [int(z) for z in _symbols(args.formula_units)]
     except ValueError:
         raise _usage(f"--formula-units {args.formula_units!r}: expected whole numbers like 1,2,4") from None
+    if args.particles is not None and args.particles < 1:
+        raise _usage(f"--particles must be >= 1, got {args.particles}")
     return dict(n=args.n, formula_units=units, max_atoms=args.max_atoms, space_groups=args.space_group,
                 n_particles=args.particles, temperature=args.temperature, top_p=args.top_p, smc=not args.no_smc)
 
