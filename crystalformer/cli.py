@@ -331,9 +331,8 @@ def check_device(name: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (0 ok, 2 usage or input error)."""
-    from .physics import PhysicsUnavailable
-
     from .atomic import exit_on_sigterm, release_all
+    from .physics import PhysicsUnavailable
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -123,8 +123,9 @@ def structure_from_cif(text: str, name: str = "<cif>"):
 
     if not isinstance(text, str) or not text.strip():
         raise CrystalError("parse", f"{name}: empty CIF")
-    if text.count("\n") > MAX_CIF_LINES:
-        raise CrystalError("parse", f"{name}: {text.count(chr(10)):,} lines, far more than any crystal this package "
+    lines = text.count("\n")
+    if lines > MAX_CIF_LINES:
+        raise CrystalError("parse", f"{name}: {lines:,} lines, far more than any crystal this package "
                                     f"handles (at most {MAX_CIF_LINES:,}); refused before parsing")
     structure, error = None, None
     with warnings.catch_warnings(record=True) as caught:
@@ -145,7 +146,7 @@ def structure_from_cif(text: str, name: str = "<cif>"):
 
 
 def check_structure(structure, name: str = "<structure>", reason: str = "invalid"):
-    """``structure`` itself, or ``CrystalError(reason="parse")`` naming ``name`` when its cell or
+    """``structure`` itself, or ``CrystalError(reason)`` naming ``name`` when its cell or
     coordinates hold NaN or infinity or its volume is not positive: such numbers crash spglib
     (a segmentation fault), so they are stopped here, before any symmetry code sees them."""
     matrix = np.asarray(structure.lattice.matrix, dtype=float)

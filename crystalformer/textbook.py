@@ -18,20 +18,19 @@ class Textbook:
     name: str  # structure type
     space_group: str  # Hermann-Mauguin symbol as pymatgen reads it
     number: int  # International Tables number of the known structure
-    lattice: tuple  # (a,) cubic, (a, c) tetragonal/hexagonal
+    lattice: tuple  # (a,) cubic, (a, c) tetragonal, hexagonal or trigonal (hexagonal axes)
     species: tuple
     coords: tuple  # fractional coordinates of one atom per Wyckoff site
 
     def structure(self):
         """The known structure (conventional cell) as a pymatgen Structure."""
         from pymatgen.core import Lattice, Structure
+        from pymatgen.symmetry.groups import SpaceGroup
 
-        if len(self.lattice) == 1:
-            lattice = Lattice.cubic(self.lattice[0])
-        elif self.number >= 168:  # hexagonal families
-            lattice = Lattice.hexagonal(*self.lattice)
-        else:
-            lattice = Lattice.tetragonal(*self.lattice)
+        system = SpaceGroup.from_int_number(self.number).crystal_system
+        make = {"cubic": Lattice.cubic, "tetragonal": Lattice.tetragonal, "hexagonal": Lattice.hexagonal,
+                "trigonal": Lattice.hexagonal}[system]
+        lattice = make(*self.lattice)
         return Structure.from_spacegroup(self.space_group, lattice, list(self.species), [list(c) for c in self.coords])
 
 

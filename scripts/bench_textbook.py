@@ -36,18 +36,6 @@ def first_match(known, samples, matcher) -> int | None:
     return None
 
 
-def distinct(samples, matcher) -> int:
-    kept = []
-    for s in samples:
-        if s.crystal is None:
-            continue
-        st = s.crystal.to_structure()
-        if not any(k.composition.reduced_composition == st.composition.reduced_composition and matcher.fit(k, st)
-                   for k in kept):
-            kept.append(st)
-    return len(kept)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="mp_20", help="model directory or shipped name (default: mp_20, the default model)")
@@ -63,15 +51,14 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
+    from crystalformer.evaluation.csp import csp_matcher
     from crystalformer.hardware import describe
     from crystalformer.model import load_model
     from crystalformer.sampling.api import predict_structure
+    from crystalformer.sampling.dedup import distinct_samples
     from crystalformer.textbook import TEXTBOOK
 
-    protocol = StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10)
-    same = StructureMatcher()  # pymatgen defaults: "the same structure", for counting distinct ones
+    protocol = csp_matcher()
     model = load_model(args.model)
     energy = not args.no_energy and importlib.util.find_spec("chgnet") is not None
     if energy:
@@ -99,7 +86,8 @@ def main() -> None:
                 row[way] = {"error": str(err)}
                 continue
             wall = time.perf_counter() - t0
-            row[way] = {"rank": first_match(known, samples, protocol), "distinct": distinct(samples, same),
+            built = [x for x in samples if x.crystal is not None]
+            row[way] = {"rank": first_match(known, samples, protocol), "distinct": len(distinct_samples(built)[0]),
                         "returned": len(samples), "wall_s": round(wall, 1),
                         "top_space_groups": [s.crystal.space_group if s.crystal else None for s in samples[:3]]}
         rows.append(row)

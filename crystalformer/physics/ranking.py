@@ -27,9 +27,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..evaluation.uniqueness import default_matcher
+from ..sampling.dedup import same_structure
 from .relax import RelaxConfig, relax_one
 
-DEDUP_MATCHER = {"ltol": 0.2, "stol": 0.3, "angle_tol": 5}  # pymatgen's defaults: same structure, not "close"
 
 
 @dataclass(frozen=True)
@@ -58,21 +59,6 @@ class RankStats:
     relax_failed: int = 0
     single_point_s: float = 0.0
     relax_s: float = 0.0
-
-
-def _matcher():
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    return StructureMatcher(**DEDUP_MATCHER)
-
-
-def _same(matcher, a, b) -> bool:
-    if a.composition.reduced_composition != b.composition.reduced_composition:
-        return False
-    try:
-        return bool(matcher.fit(a, b))
-    except Exception:  # noqa: BLE001 - a matcher failure means "not shown to be the same"
-        return False
 
 
 def rank_by_energy(samples, potential, n: int | None = None, config: RankConfig = RankConfig(),
@@ -105,7 +91,7 @@ def rank_by_energy(samples, potential, n: int | None = None, config: RankConfig 
     stats.single_point_s += time.perf_counter() - t0
     order = [i for i in np.argsort(energies, kind="stable") if math.isfinite(energies[i])]
     stats.potential_failed += len(built) - len(order)
-    matcher = _matcher() if config.dedup else None
+    matcher = default_matcher() if config.dedup else None  # pymatgen's defaults: the same, not "close"
 
     duplicates: set[int] = set()
 
@@ -115,7 +101,7 @@ def rank_by_energy(samples, potential, n: int | None = None, config: RankConfig 
         for i in indices:
             if limit is not None and len(kept) >= limit:
                 break
-            if matcher is not None and any(_same(matcher, structure_of(i), structure_of(j))
+            if matcher is not None and any(same_structure(matcher, structure_of(i), structure_of(j))
                                            for j in list(against) + kept):
                 duplicates.add(i)
                 continue

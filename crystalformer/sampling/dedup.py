@@ -17,9 +17,9 @@ def distinct_samples(samples, limit: int | None = None) -> tuple[list, int]:
     elsewhere). Two crystals are the same when their reduced compositions agree and
     ``StructureMatcher()`` (ltol 0.2, stol 0.3, angle_tol 5) fits them.
     """
-    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from ..evaluation.uniqueness import default_matcher
 
-    matcher = StructureMatcher()
+    matcher = default_matcher()
     kept, structures, removed = [], [], 0
     for s in samples:
         if limit is not None and len(kept) >= limit:
@@ -29,17 +29,19 @@ def distinct_samples(samples, limit: int | None = None) -> tuple[list, int]:
         except (ValueError, ArithmeticError):
             structure = None
         if structure is not None:
-            formula = structure.composition.reduced_formula
-            if any(f == formula and _fits(matcher, other, structure) for f, other in structures):
+            if any(same_structure(matcher, other, structure) for other in structures):
                 removed += 1
                 continue
-            structures.append((formula, structure))
+            structures.append(structure)
         kept.append(s)
     return kept, removed
 
 
-def _fits(matcher, a, b) -> bool:
+def same_structure(matcher, a, b) -> bool:
+    """Same reduced composition and ``matcher.fit``; a matcher failure means "not shown to be the same"."""
+    if a.composition.reduced_composition != b.composition.reduced_composition:
+        return False
     try:
         return bool(matcher.fit(a, b))
-    except Exception:  # noqa: BLE001 - a failed fit means "not shown to be the same"
+    except Exception:  # noqa: BLE001
         return False

@@ -18,9 +18,7 @@ MIN_DISTANCE = 0.5  # Å, the CDVAE structural-validity cut-off
 MIN_VOLUME = 0.1  # Å^3
 
 
-def check_output_dir(out, overwrite: bool) -> Path:
-    """``out`` checked and claimed for writing (:func:`crystalformer.atomic.check_output_folder`)."""
-    return check_output_folder(out, overwrite)
+check_output_dir = check_output_folder  # ``out`` checked and claimed for writing
 
 
 def structure_checks(crystal) -> tuple[object | None, dict]:
