@@ -91,7 +91,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         if not args.config.is_file():
             raise UsageError(f"--config {args.config}: file not found")
-        loaded = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+        try:
+            loaded = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:  # malformed, or a tag such as !!python/object (never constructed)
+            problem = str(getattr(err, "problem", None) or err).strip().splitlines()[0]
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise UsageError(f"--config {args.config}: not plain YAML: {problem}{where}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--config {args.config}: not a UTF-8 text file") from None
         if not isinstance(loaded, dict):
             raise UsageError(f"--config {args.config}: expected a mapping of config fields")
         overrides.update(loaded)
@@ -101,9 +109,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--set {item!r}: expected FIELD=VALUE")
         overrides[key.strip()] = value.strip()
     if args.resume:  # the run's own configs, with any overrides on top (e.g. --set max_epochs=80)
+        from .checkpoint import check_checkpoint
         from .train import load_run_configs
 
         base_model, base_train = load_run_configs(args.out)
+        last = args.out / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise UsageError(f"--resume: {last} not found")
+        check_checkpoint(last)
     else:
         base_model, base_train = ModelConfig.from_name(args.preset), TrainConfig.from_name(args.preset)
     if args.init is not None:

@@ -115,6 +115,15 @@ class PrepareSummary:
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
+    def line(self, name: str = "") -> str:
+        """One line for a training log: kept of total, and what was skipped and why."""
+        n_skipped = sum(self.skipped.values())
+        head = f"{name or self.out_dir}: {self.kept} of {self.total} structures kept"
+        if not n_skipped:
+            return head + ", none skipped"
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]))
+        return f"{head}, {n_skipped} skipped ({reasons}; listed in {Path(self.out_dir) / 'skipped.jsonl'})"
+
     def load(self) -> PreparedData:
         return load_prepared(self.out_dir)
 

@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from .data import PrepareConfig, PreparedData, load_prepared, prepare
+from .data import PrepareConfig, PreparedData, PrepareSummary, _read_meta, load_prepared, prepare
 
 
 def _seed(*keys: int) -> int:
@@ -261,20 +261,29 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "crystalformer" / "prepared"
 
 
-def as_prepared(inputs, cache_dir, config: PrepareConfig, progress: bool = True) -> list[Path]:
+def as_prepared(inputs, cache_dir, config: PrepareConfig, progress: bool = True, announce: bool = False) -> list[Path]:
     """Prepared directories for ``inputs``: prepared dirs pass through; CSV / CIF inputs are prepared
-    (cached) into ``cache_dir/<name>-<hash of the resolved path>``."""
+    (cached) into ``cache_dir/<name>-<hash of the resolved path>``. ``progress``: a progress bar
+    while preparing; ``announce``: one line per input (stderr) saying how many structures were
+    kept and how many skipped, by reason."""
     import hashlib
+    import sys
 
     out = []
     for p in [inputs] if isinstance(inputs, (str, Path)) else inputs:
         p = Path(p)
         if (p / "meta.json").is_file():
+            counts = (_read_meta(p) or {}).get("counts") if announce else None
+            if isinstance(counts, dict) and {"total", "kept", "skipped"} <= counts.keys():
+                print(PrepareSummary(p, counts["total"], counts["kept"], counts["skipped"]).line(str(p)),
+                      file=sys.stderr)
             out.append(p)
             continue
         key = hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:10]
         target = Path(cache_dir) / f"{p.name.split('.')[0]}-{key}"
-        prepare([p], target, config, progress=progress)
+        summary = prepare([p], target, config, progress=progress)
+        if announce:
+            print(summary.line(str(p)), file=sys.stderr)
         out.append(target)
     return out
 
@@ -312,9 +321,11 @@ class CrystalDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Runs on one process per node (Lightning): builds or reuses the caches."""
+        announce = not getattr(self, "_announced", False)  # Lightning calls this again inside fit
+        self._announced = True
         for inputs in (self.train_inputs, self.val_inputs):
             if inputs is not None:
-                as_prepared(inputs, self.cache_dir, self.prepare_config)
+                as_prepared(inputs, self.cache_dir, self.prepare_config, announce=announce)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from .quiet import quietly
 from .config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from .hardware import describe
 
@@ -116,9 +117,17 @@ def _run_config(run_dir: Path) -> dict:
     path = run_dir / RUN_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no {RUN_FILE}: nothing to resume")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable run record ({err})") from None
+    missing = [k for k in ("model", "train", "data") if not isinstance(stored, dict) or k not in stored]
+    if missing:
+        raise ValueError(f"{path}: not a run record of this package (missing {', '.join(missing)})")
+    return stored
 
 
+@quietly
 def train(data, out, model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
           val=None, val_fraction: float = 0.05, resume: bool = False, overwrite: bool = False,
           cache_dir=None, progress: bool = True, checkpoint_every: int = 500, init=None) -> TrainResult:
@@ -135,6 +144,7 @@ def train(data, out, model_config: ModelConfig | None = None, train_config: Trai
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from .checkpoint import check_checkpoint, fit_kwargs
     from .datamodule import CrystalDataModule
     from .lit import CrystalFormerModule
 
@@ -144,6 +154,7 @@ def train(data, out, model_config: ModelConfig | None = None, train_config: Trai
         stored = _run_config(out)
         if not last.is_file():
             raise FileNotFoundError(f"cannot resume {out}: {last} does not exist")
+        check_checkpoint(last)  # before anything unpickles it
         stored_model, stored_train = load_run_configs(out)
         if model_config is not None and dataclasses.replace(model_config, vocab_size=stored_model.vocab_size) \
                 != stored_model:
@@ -219,7 +230,7 @@ def train(data, out, model_config: ModelConfig | None = None, train_config: Trai
         use_distributed_sampler=False,  # the data module shards global batches itself (RankShard)
         default_root_dir=str(out))
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    trainer.fit(module, datamodule=dm, **fit_kwargs(trainer, last if resume else None))
     if budget is not None and budget.hit:
         # stopped inside an epoch: validate the final weights (the best model is exported if they
         # are the best) and keep a checkpoint of exactly where the run stopped
@@ -279,7 +290,10 @@ def _load_init(model, init) -> list[dict]:
 def load_run_configs(run_dir) -> tuple[ModelConfig, TrainConfig]:
     """The model and train configs a run directory was started (or last resumed) with."""
     stored = _run_config(Path(run_dir))
-    return config_from_dict(ModelConfig, stored["model"]), config_from_dict(TrainConfig, stored["train"])
+    try:
+        return config_from_dict(ModelConfig, stored["model"]), config_from_dict(TrainConfig, stored["train"])
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise ValueError(f"{Path(run_dir) / RUN_FILE}: stored configs do not load ({err})") from None
 
 
 def _fit_to_data(config: ModelConfig, dm, tokenizer) -> ModelConfig:

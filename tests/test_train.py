@@ -247,3 +247,78 @@ def test_gpu_training_in_bf16_with_compile_and_time_budget(data_dir, tmp_path):
                    cache_dir=tmp_path / "c", progress=False)
     meta = json.loads((result.model_dir / "metadata.json").read_text())
     assert meta["hardware"]["gpu"] and result.best_val_nll is not None
+
+
+class _Hostile:
+    """Unpickling this creates a file: what a hostile run folder would do with code execution."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("payload", ["hostile", "truncated", "not_a_checkpoint", "run_json_empty", "run_json_garbage"])
+def test_resume_reads_checkpoints_as_plain_weights_only(tmp_path, payload, capsys):
+    from crystalformer.config import config_to_dict
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    run = {"model": config_to_dict(ModelConfig.from_name("tiny")), "train": config_to_dict(_tiny()),
+           "data": ["x.csv"], "val": None, "val_fraction": 0.05}
+    (out / "run.json").write_text({"run_json_empty": "{}", "run_json_garbage": "{\"model\": [1"}.get(
+        payload, json.dumps(run)))
+    marker = tmp_path / "executed"
+    last = out / "checkpoints" / "last.ckpt"
+    if payload == "hostile":
+        torch.save({"state_dict": {}, "evil": _Hostile(marker)}, last)
+    elif payload == "truncated":
+        torch.save({"state_dict": {"w": torch.zeros(1000)}}, last)
+        last.write_bytes(last.read_bytes()[:300])
+    else:
+        torch.save([1, 2, 3], last)
+    code = main(["train", "--resume", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    named = "run.json" if payload.startswith("run_json") else "last.ckpt"
+    assert code == 2 and named in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()  # nothing was unpickled beyond plain data
+
+
+def test_resume_still_loads_a_real_checkpoint(data_dir, tmp_path):
+    from crystalformer.checkpoint import check_checkpoint
+
+    out = tmp_path / "run"
+    train([data_dir / "mp20_sample.csv"], out, ModelConfig.from_name("tiny"), _tiny(max_epochs=1), val_fraction=0.2,
+          cache_dir=tmp_path / "cache", progress=False)
+    check_checkpoint(out / "checkpoints" / "last.ckpt")  # Lightning's own checkpoint is plain data
+
+
+def test_train_says_how_many_rows_it_skipped(data_dir, tmp_path, capsys):
+    rows = list(csv.DictReader(open(data_dir / "mp20_sample.csv", newline="")))
+    rows[3]["cif"] = rows[3]["cif"].replace("_cell_length_a", "_cell_length_a nan\n#", 1)
+    rows[5]["cif"] = "data_broken\n_cell_length_a 1\n"
+    bad = tmp_path / "bad.csv"
+    with open(bad, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    code = main(["train", "--preset", "tiny", "--data", str(bad), "--out", str(tmp_path / "run"), "--set",
+                 "max_epochs=1", "--cache-dir", str(tmp_path / "c"), "--quiet"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert f"{len(rows) - 2} of {len(rows)} structures kept, 2 skipped" in err and "skipped.jsonl" in err
+
+
+def test_config_yaml_with_python_tag_is_refused_in_one_line(data_dir, tmp_path, capsys):
+    marker = tmp_path / "executed"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f'model: !!python/object/apply:builtins.open ["{marker}", "w"]\n')
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: [1, 2\n")
+    for cfg in (evil, broken):
+        code = main(["train", "--data", str(data_dir / "perov5_sample.csv"), "--out", str(tmp_path / "run"),
+                     "--config", str(cfg)])
+        err = capsys.readouterr().err
+        assert code == 2 and cfg.name in err and "not plain YAML" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()

@@ -109,10 +109,10 @@ def train_property(data, target: str, out, config: PropertyConfig | None = None,
     as_list = (lambda x: [x] if isinstance(x, (str, Path)) else list(x))
     for path in as_list(data) + as_list(val or []):
         check_csv_column(path, target)
-    train_dirs = as_prepared(as_list(data), cache_dir, PrepareConfig(), progress=progress)
+    train_dirs = as_prepared(as_list(data), cache_dir, PrepareConfig(), progress=progress, announce=progress)
     streams, y, dropped = read_targets(train_dirs, target)
     if val is not None:
-        val_streams, y_val, d2 = read_targets(as_prepared(as_list(val), cache_dir, PrepareConfig(), progress=progress),
+        val_streams, y_val, d2 = read_targets(as_prepared(as_list(val), cache_dir, PrepareConfig(), progress=progress, announce=progress),
                                               target)
         dropped += d2
     else:

@@ -34,7 +34,12 @@ def cmd_train_refiner(args) -> int:
         run_file = args.out / "run.json"
         if not run_file.is_file():
             raise UsageError(f"--resume: {run_file} not found")
-        config = RefinerConfig.from_dict(json.loads(run_file.read_text())["config"]).override(**overrides)
+        try:
+            stored = json.loads(run_file.read_text(encoding="utf-8"))
+            config = RefinerConfig.from_dict(stored["config"]).override(**overrides)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise UsageError(f"--resume: {run_file} is not a readable run record ({type(err).__name__}: {err})") \
+                from None
     result = train_refiner(args.data, args.out, config, val=args.val, resume=args.resume, overwrite=args.overwrite,
                            cache_dir=args.cache_dir, progress=not args.quiet)
     loss = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..quiet import quietly
 from .config import RefinerConfig
 
 
@@ -54,6 +55,7 @@ def _has_free_params(crystal) -> bool:
     return any(len(site.params) for site in crystal.sites)
 
 
+@quietly
 def train_refiner(data, out, config: RefinerConfig | None = None, val=None, resume: bool = False,
                   overwrite: bool = False, cache_dir=None, progress: bool = True,
                   checkpoint_every: int = 200) -> RefinerTrainResult:
@@ -68,6 +70,7 @@ def train_refiner(data, out, config: RefinerConfig | None = None, val=None, resu
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    from ..checkpoint import check_checkpoint, fit_kwargs
     from .data import load_crystals, loader
     from .lit import RefinerModule
 
@@ -77,6 +80,7 @@ def train_refiner(data, out, config: RefinerConfig | None = None, val=None, resu
     if resume:
         if not last.is_file() or not run_file.is_file():
             raise FileNotFoundError(f"cannot resume {out}: needs {last} and {run_file}")
+        check_checkpoint(last)  # before anything unpickles it
         stored = json.loads(run_file.read_text())
         stored_cfg = RefinerConfig.from_dict(stored["config"])
         if config is not None:
@@ -127,7 +131,7 @@ def train_refiner(data, out, config: RefinerConfig | None = None, val=None, resu
     start = time.time()
     trainer.fit(module, loader(crystals, cfg.batch_size, True, cfg.seed, cfg.num_workers),
                 loader(val_crystals, cfg.batch_size, False, cfg.seed, cfg.num_workers),
-                ckpt_path=str(last) if resume else None)
+                **fit_kwargs(trainer, last if resume else None))
     trainer.save_checkpoint(last)
     best = next((cb.best for cb in trainer.callbacks if type(cb).__name__ == "ExportBest"), None)
     return RefinerTrainResult(out, out / "model", None if best in (None, float("inf")) else best,
