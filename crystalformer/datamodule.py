@@ -20,7 +20,14 @@ import lightning as L
 import numpy as np
 import torch
 
-from .data import PrepareConfig, PreparedData, PrepareSummary, _read_meta, load_prepared, prepare
+from .data import (
+    PrepareConfig,
+    PreparedData,
+    PrepareSummary,
+    _read_meta,
+    load_prepared,
+    prepare,
+)
 
 
 def _seed(*keys: int) -> int:

@@ -23,9 +23,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from .quiet import quietly
 from .config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from .hardware import describe
+from .quiet import quietly
 
 RUN_FILE = "run.json"
 
