@@ -342,12 +342,33 @@ def check_device(name: str | None) -> None:
         raise UsageError(f"--device {name}: unsupported device type {device.type!r} (use cpu, cuda or mps)")
 
 
+PATH_OPTIONS = ("--out", "--json", "--report", "--input", "--template", "--data", "--val", "--csv", "--cif",
+                "--model", "--init", "--config", "--cache-dir", "--samples", "--reference", "--targets", "--hull")
+
+
+def _empty_path_option(argv: list[str]) -> str | None:
+    """The first path option given an empty (or blank) value, e.g. ``--out ''`` or ``--out=``."""
+    for i, word in enumerate(argv):
+        name, eq, value = word.partition("=")
+        if name in PATH_OPTIONS:
+            if eq and not value.strip():
+                return name
+            if not eq and i + 1 < len(argv) and not argv[i + 1].strip():
+                return name
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (0 ok, 2 usage or input error)."""
     from .atomic import exit_on_sigterm, release_all
     from .physics import PhysicsUnavailable
 
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    empty = _empty_path_option(argv)
+    if empty:  # argparse's Path('') would silently be the current folder
+        print(f"crystalformer: error: {empty} is empty: name the file or folder", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     exit_on_sigterm()  # a terminated run cleans up its temporary folder like an interrupted one
     try:

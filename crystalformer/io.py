@@ -59,7 +59,13 @@ def read_csv_records(path) -> Iterator[Record]:
     try:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read CSV file {path}: {err}") from None
+        hint = ""
+        if "EOF inside string" in str(err):
+            hint = ("; its CIF fields span many lines, so a file cut with head or split ends inside one: cut "
+                    "whole rows (e.g. with pandas) or keep the file whole")
+        raise ValueError(f"cannot read CSV file {path}: {err}{hint}") from None
+    if df.empty:
+        raise ValueError(f"{path} holds no rows (an empty CSV or a header only)")
     if "cif" not in df.columns:
         raise ValueError(f"{path} has no 'cif' column (columns: {list(df.columns)[:10]}); "
                          "expected the CDVAE CSV format: material_id, cif, property columns")
@@ -110,6 +116,7 @@ def read_records(path) -> Iterator[Record]:
     return read_csv_records(path) if is_csv(path) else read_cif_records(path)
 
 
+_NON_FINITE = re.compile(r"(?im)(?:^|\s)([+-]?(?:nan|inf(?:inity)?))(?=\s|$)")
 MAX_CIF_LINES = 200_000  # a 20,000-atom P1 cell has about 20,000 lines
 
 
@@ -137,6 +144,13 @@ def structure_from_cif(text: str, name: str = "<cif>"):
     _rewarn(caught)
     if error is not None:
         notes = "; ".join(dict.fromkeys(_cif_notes(caught)))
+        bad = _NON_FINITE.search(text)
+        if bad:  # the parser's own message ("cannot convert float NaN to integer") says less
+            raise CrystalError("parse", f"{name}: the CIF holds a non-finite number ({bad.group(1)!r} on line "
+                                        f"{text.count(chr(10), 0, bad.start()) + 1}); cells and coordinates must "
+                                        "be finite")
+        if "Singular matrix" in notes or "below threshold" in notes:
+            raise CrystalError("parse", f"{name}: the cell is degenerate (a zero length or flat angles)")
         raise CrystalError("parse", f"{name}: unreadable CIF ({type(error).__name__}: {error})"
                                     + (f" [parser notes: {notes}]" if notes else ""))
     check_structure(structure, name, "parse")

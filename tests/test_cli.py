@@ -256,3 +256,46 @@ def test_csp_by_log_p_writes_distinct_structures(tmp_path, capsys):
     structures = [Structure.from_file(out / r["file"]) for r in rows if r["file"]]
     matcher = StructureMatcher()
     assert not any(matcher.fit(x, y) for i, x in enumerate(structures) for y in structures[i + 1:])
+
+
+def test_sample_streams_in_chunks_and_writes_what_sample_returns(tmp_path, monkeypatch, capsys):
+    """A large --n is drawn, refined and written chunk by chunk: the same crystals as one batch."""
+    import json
+
+    import crystalformer.sampling.cli as sampling_cli
+    from crystalformer.defaults import resolve_model
+    from crystalformer.model import load_model
+    from crystalformer.sampling.api import sample
+
+    from crystalformer.sampling import output
+
+    sizes = []
+
+    class Spy(output.SampleWriter):
+        def add(self, samples, names=None, extra=None):
+            sizes.append(len(samples))
+            super().add(samples, names, extra)
+
+    monkeypatch.setattr(output, "SampleWriter", Spy)
+    monkeypatch.setattr(sampling_cli, "STREAM_CHUNK", 4)
+    out = tmp_path / "out"
+    assert main(["sample", "--model", "perov_5", "--n", "10", "--batch-size", "3", "--seed", "5", "--out", str(out),
+                 "--quiet"]) == 0
+    assert sizes == [6, 4]  # batches of 3 regrouped into chunks of at least 4: never all 10 at once
+    rows = json.loads((out / "samples.json").read_text())["samples"]
+    assert [r["index"] for r in rows] == list(range(10))
+    expected = sample(load_model(resolve_model("perov_5")), 10, batch_size=3, seed=5)
+    assert [r["log_likelihood"] for r in rows] == pytest.approx([s.log_likelihood for s in expected.samples], abs=1e-4)
+    assert sorted(p.name for p in out.glob("*.cif")) == [f"sample_{i:05d}.cif" for i in range(10)]
+    assert "10 sampled" in capsys.readouterr().out
+
+
+def test_sample_writer_leaves_nothing_when_a_part_fails(tmp_path):
+    from crystalformer.sampling.output import SampleWriter
+
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="boom"):
+        with SampleWriter(out) as writer:
+            writer.add([])
+            raise RuntimeError("boom")
+    assert not out.exists() and list(tmp_path.iterdir()) == []

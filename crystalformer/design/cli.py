@@ -51,8 +51,16 @@ def _property_paths(args, targets) -> list[Path]:
 
 def _constraints(args) -> tuple[list[int] | None, list[str] | None]:
     """(space groups, elements) from repeatable, comma-separated --space-group / --elements."""
-    space_groups = None if not args.space_group else [int(s) for part in args.space_group for s in part.split(",") if s]
-    elements = None if not args.elements else [e for part in args.elements for e in part.split(",") if e]
+    space_groups = None
+    if args.space_group:
+        words = [s.strip() for part in args.space_group for s in part.split(",") if s.strip()]
+        try:
+            space_groups = [int(s) for s in words]
+        except ValueError:
+            raise UsageError(f"--space-group {','.join(words)}: expected space-group numbers 1-230") from None
+        if not all(1 <= g <= 230 for g in space_groups):
+            raise UsageError(f"--space-group {','.join(words)}: space-group numbers run from 1 to 230")
+    elements = None if not args.elements else [e.strip() for part in args.elements for e in part.split(",") if e.strip()]
     return space_groups, elements
 
 
@@ -70,6 +78,12 @@ def cmd_design(args) -> int:
     check_output_dir(args.out, args.overwrite)  # refuse before the work, not after
     if args.n < 1 or args.steps < 0:
         raise UsageError(f"--n must be >= 1 and --steps >= 0 (got {args.n}, {args.steps})")
+    from .mcmc import beta_schedule
+
+    beta_schedule(1, args.beta, args.beta_start, args.anneal_steps)  # finite, positive: checked before the work
+    if not 0 < args.energy_sigma < float("inf"):
+        raise UsageError(f"--energy-sigma must be a positive number of eV/atom, got {args.energy_sigma}")
+    _constraints(args)
     energy_targets = [t for t in targets if t.name in POTENTIAL_TARGETS]
     check_physics(args, args.relax or bool(energy_targets),
                   f"--target {energy_targets[0]}" if energy_targets else "--relax")
@@ -120,6 +134,7 @@ def cmd_finetune(args) -> int:
 
     targets = parse_targets(args.target)
     check_output_dir(args.out, args.overwrite)  # refuse before the work, not after
+    _constraints(args)
     paths = _property_paths(args, targets)
     config = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
                             seed=args.seed, trainable=args.trainable)

@@ -54,7 +54,9 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.trainable not in ("all", "token_head"):
             raise ValueError(f"trainable must be 'all' or 'token_head', got {self.trainable!r}")
-        if self.steps < 1 or self.batch_size < 2 or self.lr <= 0 or self.temperature <= 0 or self.grad_clip < 0:
+        finite = all(math.isfinite(x) for x in (self.lr, self.temperature, self.grad_clip))
+        if not finite or self.steps < 1 or self.batch_size < 2 or self.lr <= 0 or self.temperature <= 0 \
+                or self.grad_clip < 0:
             raise ValueError(f"need steps >= 1, batch_size >= 2, lr > 0, temperature > 0, grad_clip >= 0; got {self}")
 
 

@@ -83,8 +83,11 @@ class MoveConfig:
 
 def beta_schedule(steps: int, beta: float = 1.0, beta_start: float | None = None, anneal_steps: int | None = None):
     """Inverse temperature per step: geometric from ``beta_start`` to ``beta`` over ``anneal_steps``, then ``beta``."""
-    if beta <= 0 or (beta_start is not None and beta_start <= 0):
-        raise ValueError(f"inverse temperatures must be > 0, got beta={beta}, beta_start={beta_start}")
+    finite = np.isfinite(beta) and (beta_start is None or np.isfinite(beta_start))
+    if not finite or beta <= 0 or (beta_start is not None and beta_start <= 0):
+        raise ValueError(f"inverse temperatures must be finite and > 0, got beta={beta}, beta_start={beta_start}")
+    if anneal_steps is not None and anneal_steps < 1:
+        raise ValueError(f"anneal_steps must be >= 1, got {anneal_steps}")
     if beta_start is None:
         return np.full(steps, float(beta))
     n = max(1, steps // 2 if anneal_steps is None else anneal_steps)

@@ -9,13 +9,20 @@ it could not be built) and its log-likelihood under the model.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..errors import CrystalError
-from .constraints import Branch, Constraint, ConstraintMasks, composition_branches, parse_composition
+from .constraints import (
+    Branch,
+    Constraint,
+    ConstraintMasks,
+    composition_branches,
+    parse_composition,
+)
 from .decoder import DecodeOptions, decode, fitting_grammar, systematic_resample
 
 
@@ -82,6 +89,24 @@ def sample(model, n: int, space_groups=None, elements=None, site_elements=None, 
 
     ``elements``: symbols every site must use; ``site_elements``: {site index: symbols}.
     With constraints and ``smc`` the samples follow p(X | constraints) exactly (see decoder).
+    :func:`sample_stream` draws the same crystals batch by batch, without holding them all.
+    """
+    samples, evidence, resamples = [], [], 0
+    for batch in sample_stream(model, n, space_groups, elements, site_elements, temperature, top_p, batch_size,
+                               seed, smc, progress, kv_cache):
+        samples += batch.samples
+        evidence.append(batch.log_evidence)
+        resamples += batch.resamples
+    return SampleSet(samples, float(np.mean(evidence)) if evidence else None, resamples)
+
+
+def sample_stream(model, n: int, space_groups=None, elements=None, site_elements=None, temperature: float = 1.0,
+                  top_p: float = 1.0, batch_size: int = 256, seed: int = 0, smc: bool = True,
+                  progress: bool = False, kv_cache: bool = True) -> Iterator[SampleSet]:
+    """:func:`sample`, one :class:`SampleSet` per decoded batch of at most ``batch_size`` crystals.
+
+    Memory stays bounded by the batch whatever ``n`` is; the crystals are exactly those
+    :func:`sample` returns for the same arguments and seed.
     """
     if n < 1 or batch_size < 1:
         raise ValueError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
@@ -97,17 +122,13 @@ def sample(model, n: int, space_groups=None, elements=None, site_elements=None, 
     # with constraints, decode twice as many particles and draw the batch from their weights
     oversample = 2 if constrained and smc else 1
     generator = _generator(seed)
-    samples, evidence, resamples = [], [], 0
     for start in _batches(n, batch_size, progress, "sample"):
         size = min(batch_size, n - start)
         decoded = decode(model, [[model.grammar.bos]] * (oversample * size), [masks] * (oversample * size), options,
                          generator)
         keep = _select(decoded.log_weight, size, generator) if smc else np.arange(size)
         decoded_samples = _to_samples(model, decoded)
-        samples += [decoded_samples[i] for i in keep]
-        evidence.append(decoded.log_evidence)
-        resamples += decoded.resamples
-    return SampleSet(samples, float(np.mean(evidence)) if evidence else None, resamples)
+        yield SampleSet([decoded_samples[i] for i in keep], decoded.log_evidence, decoded.resamples)
 
 
 MAX_CSP_PARTICLES = 100_000  # CSP decodes its particles in one batch, so memory grows with their number
@@ -163,4 +184,4 @@ def _batches(n: int, batch_size: int, progress: bool, what: str):
     return starts
 
 
-__all__ = ["Branch", "Sample", "SampleSet", "predict_structure", "sample"]
+__all__ = ["Branch", "Sample", "SampleSet", "predict_structure", "sample", "sample_stream"]

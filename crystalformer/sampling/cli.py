@@ -50,8 +50,10 @@ def _shown_symmetry(crystal) -> tuple[str, str]:
     return label, formula
 
 
-def _print_table(samples, limit: int = 12) -> None:
+def _print_table(samples, limit: int = 12, total: int | None = None) -> None:
+    """The first ``limit`` samples; ``total``: how many there are in all (default ``len(samples)``)."""
     shown = samples[:limit]
+    total = len(samples) if total is None else total
     symmetry = [None if s.crystal is None else _shown_symmetry(s.crystal) for s in shown]
     width = max([12] + [len(f) for sym in symmetry if sym for f in sym[1:]])
     energies = any(s.physics and s.physics.get("energy_per_atom") is not None for s in shown)
@@ -71,8 +73,8 @@ def _print_table(samples, limit: int = 12) -> None:
                   f"{c.wyckoff_sequence}")
     if any(sym and "(" in sym[0] for sym in symmetry):
         print("space group: as spglib finds it in the written cell (symprec 0.1 Å); the model's label in brackets")
-    if len(samples) > limit:
-        print(f"... {len(samples) - limit} more in samples.json")
+    if total > len(shown):
+        print(f"... {total - len(shown)} more in samples.json")
 
 
 def _refiner_dir(value: str) -> Path:
@@ -86,8 +88,11 @@ def _refiner_dir(value: str) -> Path:
     return Path(value)
 
 
-def _refine(args, samples) -> list:
-    """With --refine REFINER: refined copies of the decoded samples (log-likelihoods stay the sampler's)."""
+def _refine(args, samples, part: int = 0) -> list:
+    """With --refine REFINER: refined copies of the decoded samples (log-likelihoods stay the sampler's).
+
+    ``part``: which chunk of a streamed run this is; each chunk after the first gets its own seed.
+    """
     if args.refine is None:
         return samples
     from dataclasses import replace
@@ -97,7 +102,7 @@ def _refine(args, samples) -> list:
     refiner = _refiner_dir(args.refine)
     index = [i for i, s in enumerate(samples) if s.crystal is not None]
     refined = refine_crystals(refiner, [samples[i].crystal for i in index], sigma_start=args.sigma_start,
-                              seed=args.seed, device=args.device)
+                              seed=args.seed + 1_000_003 * part, device=args.device)
     out = list(samples)
     for i, crystal in zip(index, refined):
         out[i] = replace(samples[i], crystal=crystal)
@@ -116,26 +121,47 @@ def _meta(args, command: str, wall: float, **extra) -> dict:
             "ranking": None if getattr(args, "_rank_stats", None) is None else vars(args._rank_stats), **extra}
 
 
+STREAM_CHUNK = 10_000  # crystals refined, relaxed and written at a time: memory stays bounded for any --n
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .api import sample
-    from .output import check_output_dir, write_samples
+    from .api import sample_stream
+    from .output import SampleWriter, check_output_dir
 
     check_output_dir(args.out, args.overwrite)
     check_physics(args, args.relax)
     model = _load(args)
     t0 = time.time()
-    result = sample(model, args.n, space_groups=args.space_group, elements=_symbols(args.elements),
-                    temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
-                    smc=not args.no_smc, progress=not args.quiet)
-    result.samples = relax_and_report(args, _refine(args, result.samples))
-    wall = time.time() - t0
-    counts = write_samples(result.samples, args.out, overwrite=args.overwrite, p1=args.p1,
-                           meta=_meta(args, "sample", wall, space_groups=args.space_group, elements=args.elements))
-    _print_table(result.samples)
-    print(f"{counts['written']} CIFs in {args.out} ({len(result)} sampled in {wall:.1f} s; "
+    shown, n_sampled = [], 0
+    with SampleWriter(args.out, args.overwrite, p1=args.p1) as writer:
+        for k, chunk in enumerate(_chunks(sample_stream(
+                model, args.n, space_groups=args.space_group, elements=_symbols(args.elements),
+                temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
+                smc=not args.no_smc, progress=not args.quiet), STREAM_CHUNK)):
+            chunk = relax_and_report(args, _refine(args, chunk, part=k))
+            writer.add(chunk)
+            shown += chunk[:12 - len(shown)]
+            n_sampled += len(chunk)
+        wall = time.time() - t0
+        writer.meta = _meta(args, "sample", wall, space_groups=args.space_group, elements=args.elements)
+    counts = writer.counts
+    _print_table(shown, total=n_sampled)
+    print(f"{counts['written']} CIFs in {args.out} ({n_sampled} sampled in {wall:.1f} s; "
           f"{counts['not_decoded'] + counts['not_built']} not buildable, "
           f"{counts['invalid_structure']} with atoms closer than 0.5 Å)")
     return 0
+
+
+def _chunks(batches, size: int):
+    """Regroup a stream of :class:`SampleSet` batches into lists of about ``size`` samples."""
+    part: list = []
+    for batch in batches:
+        part += batch.samples
+        if len(part) >= size:
+            yield part
+            part = []
+    if part:
+        yield part
 
 
 def cmd_csp(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ existing non-empty folder is replaced only with ``overwrite``.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,34 +53,84 @@ def write_samples(samples, out, overwrite: bool = False, names: list[str] | None
     and Wyckoff sites (:func:`crystalformer.cif.crystal_cif`); ``p1`` writes every atom in P1.
     Returns counts by outcome.
     """
-    names = names or [f"sample_{i:05d}" for i in range(len(samples))]
-    if len(names) != len(samples) or len(set(names)) != len(names):
+    if names is not None and (len(names) != len(samples) or len(set(names)) != len(names)):
         raise ValueError("names must be unique, one per sample")
-    out = check_output_dir(out, overwrite)
-    with assembled(out) as tmp:
-        return _write_samples(samples, tmp, names, extra, meta, p1)
+    if extra is not None and len(extra) != len(samples):
+        raise ValueError("extra needs one mapping per sample")
+    with SampleWriter(out, overwrite, meta, p1) as writer:
+        writer.add(samples, names, extra)
+    return writer.counts
 
 
-def _write_samples(samples, tmp: Path, names, extra, meta, p1) -> dict:
-    from ..cif import crystal_cif
+class SampleWriter:
+    """Writes an output folder in parts, all or nothing: ``with SampleWriter(out) as w: w.add(batch) ...``.
 
-    rows, counts = [], {"written": 0, "not_decoded": 0, "not_built": 0, "invalid_structure": 0}
-    for i, (s, name) in enumerate(zip(samples, names)):
-        structure, flags = structure_checks(s.crystal)
-        row = {"index": i, "file": None, **s.summary(), **flags, **((extra or [{}] * len(samples))[i])}
-        if s.crystal is None:
-            counts["not_decoded"] += 1
-        elif structure is None:
-            counts["not_built"] += 1
-        else:
-            (tmp / f"{name}.cif").write_text(crystal_cif(s.crystal, name, p1=p1), encoding="utf-8")
-            row["file"] = f"{name}.cif"
-            counts["written"] += 1
-            counts["invalid_structure"] += int(not flags["valid_structure"])
-        rows.append(row)
-    payload = {"meta": meta or {}, "counts": counts, "samples": rows}
-    (tmp / "samples.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    return counts
+    CIFs go into a temporary sibling folder as each part arrives, and their ``samples.json`` rows
+    into a line file beside them, so memory stays bounded by one part whatever the total. On a
+    clean exit ``samples.json`` is assembled and the folder renamed into place; on any failure
+    (an exception, Ctrl-C, SIGTERM) the temporary folder is removed. ``meta`` may be updated
+    before the block ends (e.g. with the wall time).
+    """
+
+    ROWS = ".rows.jsonl"
+
+    def __init__(self, out, overwrite: bool = False, meta: dict | None = None, p1: bool = False):
+        self.out = check_output_dir(out, overwrite)
+        self.meta, self.p1 = dict(meta or {}), p1
+        self.counts = {"written": 0, "not_decoded": 0, "not_built": 0, "invalid_structure": 0}
+        self.n = 0
+        self._names: set[str] = set()
+
+    def __enter__(self) -> SampleWriter:
+        self._context = assembled(self.out)
+        self.tmp = self._context.__enter__()
+        self._rows = open(self.tmp / self.ROWS, "w", encoding="utf-8")
+        return self
+
+    def add(self, samples, names: list[str] | None = None, extra: list[dict] | None = None) -> None:
+        """Write one part: a CIF per built crystal and a row per sample (numbered on from earlier parts)."""
+        from ..cif import crystal_cif
+
+        names = names or [f"sample_{self.n + i:05d}" for i in range(len(samples))]
+        if len(names) != len(samples) or self._names.intersection(names) or len(set(names)) != len(names):
+            raise ValueError("names must be unique, one per sample")
+        self._names.update(names)
+        for k, (s, name) in enumerate(zip(samples, names)):
+            structure, flags = structure_checks(s.crystal)
+            row = {"index": self.n, "file": None, **s.summary(), **flags, **(extra[k] if extra else {})}
+            if s.crystal is None:
+                self.counts["not_decoded"] += 1
+            elif structure is None:
+                self.counts["not_built"] += 1
+            else:
+                (self.tmp / f"{name}.cif").write_text(crystal_cif(s.crystal, name, p1=self.p1), encoding="utf-8")
+                row["file"] = f"{name}.cif"
+                self.counts["written"] += 1
+                self.counts["invalid_structure"] += int(not flags["valid_structure"])
+            self._rows.write(json.dumps(row) + "\n")
+            self.n += 1
+
+    def _finish(self) -> None:
+        self._rows.close()
+        rows_path = self.tmp / self.ROWS
+        with open(self.tmp / "samples.json", "w", encoding="utf-8") as fh, open(rows_path, encoding="utf-8") as rows:
+            fh.write('{"meta": ' + json.dumps(self.meta) + ',\n "counts": ' + json.dumps(self.counts)
+                     + ',\n "samples": [')
+            for i, line in enumerate(rows):
+                fh.write(("\n  " if i == 0 else ",\n  ") + line.rstrip("\n"))
+            fh.write("\n ]\n}\n")
+        rows_path.unlink()
+
+    def __exit__(self, kind, error, trace) -> bool:
+        try:
+            if kind is None:
+                self._finish()
+            else:
+                self._rows.close()
+        except BaseException:
+            self._context.__exit__(*sys.exc_info())
+            raise
+        return bool(self._context.__exit__(kind, error, trace))
 
 
 def read_samples(path) -> list[dict]:

@@ -55,7 +55,13 @@ def _template(template) -> Crystal:
         return template
     from ..io import to_structure
 
-    return Crystal.from_structure(to_structure(str(template) if isinstance(template, Path) else template))
+    structure = to_structure(str(template) if isinstance(template, Path) else template)
+    try:
+        return Crystal.from_structure(structure)
+    except CrystalError as err:
+        if isinstance(template, (str, Path)) and "\n" not in str(template) and str(template) not in str(err):
+            raise CrystalError(err.reason, f"template {template}: {err}") from None
+        raise
 
 
 def _variables(template: Crystal, sites, allowed, ties, symbols: list[str]):
@@ -169,6 +175,11 @@ def infill(model, template, sites, allowed=None, ties=None, n: int = 10, sweeps:
     from ..tokenizer import element_symbols
 
     template = _template(template)
+    n_max = model.config.n_max
+    if len(template.sites) > n_max:
+        raise ValueError(f"the template has {len(template.sites)} symmetry-distinct (Wyckoff) sites; this model "
+                         f"writes at most {n_max} (its n_max): use a smaller or more symmetric cell (e.g. the "
+                         f"primitive or conventional standard cell) as the template")
     symbols = [s for s in element_symbols() if s in set(model.tokenizer.vocab)]
     variables = _variables(template, sites, allowed, ties, symbols)
     scorer = _Scorer(model, template, variables, batch_size)
