@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .elements import MAX_Z, atomic_number
-from .errors import CrystalError
+from .errors import MAX_INPUT_ATOMS, CrystalError
 from .symmetry import LETTERS, expand_lattice, free_lattice_names, reduce_lattice, space_group
 
 if TYPE_CHECKING:
@@ -288,7 +288,6 @@ def _species_number(species) -> int:
     return _atomic_number(getattr(species, "element", species).symbol)  # Species (with oxidation state) -> Element
 
 
-MAX_INPUT_ATOMS = 5000  # far above any crystal the model represents; spglib on 100k atoms takes minutes
 
 
 def _check_symmetry_input(structure, symprec, angle_tolerance) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CrystalError
+from .errors import MAX_INPUT_ATOMS, CrystalError
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zip")  # what pandas reads as CSV
 
@@ -117,7 +117,30 @@ def read_records(path) -> Iterator[Record]:
 
 
 _NON_FINITE = re.compile(r"(?im)(?:^|\s)([+-]?(?:nan|inf(?:inity)?))(?=\s|$)")
-MAX_CIF_LINES = 200_000  # a 20,000-atom P1 cell has about 20,000 lines
+MAX_CIF_LINES = 200_000  # whatever else a file holds (comments, reflections), this many lines is not a crystal
+
+
+def _atom_site_rows(text: str) -> int:
+    """Rows of the ``_atom_site_`` loops of a CIF text (all blocks), counted without parsing it."""
+    rows, in_header, in_atoms = 0, False, False
+    for line in text.splitlines():
+        word = line.strip()
+        if not word or word.startswith("#"):
+            continue
+        low = word.lower()
+        if low.startswith("loop_"):
+            in_header, in_atoms = True, False
+        elif low.startswith("_"):
+            if in_header and low.startswith("_atom_site_") and not low.startswith("_atom_site_aniso"):
+                in_atoms = True
+            elif not in_header:
+                in_atoms = False
+        elif low.startswith("data_"):
+            in_header = in_atoms = False
+        else:
+            in_header = False
+            rows += in_atoms
+    return rows
 
 
 def structure_from_cif(text: str, name: str = "<cif>"):
@@ -131,6 +154,10 @@ def structure_from_cif(text: str, name: str = "<cif>"):
     if not isinstance(text, str) or not text.strip():
         raise CrystalError("parse", f"{name}: empty CIF")
     lines = text.count("\n")
+    rows = _atom_site_rows(text)
+    if rows > MAX_INPUT_ATOMS:  # pymatgen's parser takes minutes on tens of thousands of atoms
+        raise CrystalError("parse", f"{name}: {rows:,} atom sites, more than the {MAX_INPUT_ATOMS:,} this package "
+                                    "analyses; refused before parsing")
     if lines > MAX_CIF_LINES:
         raise CrystalError("parse", f"{name}: {lines:,} lines, far more than any crystal this package "
                                     f"handles (at most {MAX_CIF_LINES:,}); refused before parsing")

@@ -94,6 +94,7 @@ def build_workspace(ws: Path) -> None:
         " _atom_site_fract_x\n _atom_site_fract_y\n _atom_site_fract_z\n"
     (ws / "huge.cif").write_text(big + "".join(f"  Na  Na{i}  0.{i:06d}  0.5  0.5\n" for i in range(210_000)))
     _many_sites(ws / "sites150.cif")
+    (ws / "atoms6000.cif").write_text(big + "".join(f"  Na  Na{i}  0.{i:06d}  0.5  0.5\n" for i in range(6000)))
 
     mixed = ws / "mixed_cifs"
     mixed.mkdir(exist_ok=True)
@@ -246,7 +247,7 @@ def _cif_cases() -> list[Case]:
     broken = {"nan_len": "non-finite", "inf_len": "non-finite", "neg_len": "cell", "zero_len": "degenerate",
               "nan_angle": "non-finite", "flat_cell": "degenerate", "nan_coord": "non-finite", "inf_coord": "non-finite",
               "unknown_element": "Xx", "no_atoms": "", "empty": "", "text": "", "disordered": "partially occupied",
-              "broken": "", "binary": "", "latin1": "", "huge": "lines"}
+              "broken": "", "binary": "", "latin1": "", "huge": "atom sites", "atoms6000": "atom sites"}
     for name, phrase in broken.items():
         path = f"{W}/{name}.cif"
         if name == "latin1":  # a non-UTF-8 comment: read, not refused

@@ -181,3 +181,22 @@ def test_enormous_cif_is_refused_before_parsing():
 
     with pytest.raises(CrystalError, match="refused before parsing"):
         structure_from_cif("data_x\n" + "# filler\n" * (MAX_CIF_LINES + 1), "huge.cif")
+
+
+def test_cif_with_more_atoms_than_analysed_is_refused_before_parsing(nacl_cif):
+    """pymatgen takes minutes to parse 20,000 atoms: the atom rows are counted first."""
+    import time
+
+    from crystalformer.errors import MAX_INPUT_ATOMS
+    from crystalformer.io import _atom_site_rows, structure_from_cif
+
+    head = nacl_cif.split("loop_\n _atom_site_type_symbol")[0]
+    rows = "".join(f"  Na  Na{i}  0.{i:06d}  0.5  0.5\n" for i in range(MAX_INPUT_ATOMS + 1))
+    text = (head + "loop_\n _atom_site_type_symbol\n _atom_site_label\n _atom_site_fract_x\n _atom_site_fract_y\n"
+            " _atom_site_fract_z\n" + rows)
+    assert _atom_site_rows(text) == MAX_INPUT_ATOMS + 1
+    assert _atom_site_rows(nacl_cif) == 8  # the symmetry-operation loop is not counted
+    t0 = time.perf_counter()
+    with pytest.raises(CrystalError, match="5,001 atom sites.*refused before parsing"):
+        structure_from_cif(text, "big.cif")
+    assert time.perf_counter() - t0 < 5
