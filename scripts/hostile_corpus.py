@@ -348,6 +348,7 @@ def _option_cases() -> list[Case]:
         ("finetune", "--target heat_ref=min --lr nan", "lr"),
         ("finetune", "--target heat_ref=min --temperature nan", "temperature"),
         ("finetune", "--target heat_ref=min --batch-size 1", "batch_size"),
+        ("finetune", "--target heat_ref=min --device bogus", "bogus"),
     ]
     for i, (cmd, extra, phrase) in enumerate(bad):
         quiet = [] if cmd in ("refine", "finetune") else [Q]
@@ -463,6 +464,8 @@ def judge(case: Case, code: int | None, stdout: str, stderr: str, ws: Path, seco
         o.verdict, o.detail = "hang", "time limit"
     elif code < 0:
         o.verdict, o.detail = "crash", f"signal {-code}"
+    elif "unrecognized arguments" in stderr:  # the option does not exist: the case tests nothing
+        o.verdict, o.detail = "wrong", stderr.strip().splitlines()[-1][:200]
     elif "Traceback (most recent call last)" in stderr and case.argv[0] != "python":
         o.verdict, o.detail = "traceback", stderr.strip().splitlines()[-1][:200]
     elif code != case.code:

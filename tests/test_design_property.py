@@ -92,7 +92,7 @@ def test_design_command_writes_ranked_designs(prior, heat_model, tmp_path):
     _, prior_path = prior
     out = tmp_path / "d"
     code = main(["design", "--model", str(prior_path), "--property", str(heat_model[1]), "--target", "heat_ref=min",
-                 "--n", "4", "--steps", "3", "--out", str(out), "--quiet", "--beta-start", "0.3"])
+                 "--n", "4", "--steps", "3", "--out", str(out), "--quiet", "--beta-start", "0.3", "--device", "cpu"])
     assert code == 0
     data = json.loads((out / "samples.json").read_text())
     rows = data["samples"]
@@ -131,7 +131,7 @@ def test_finetune_command_writes_a_loadable_prior(prior, heat_model, tmp_path):
     _, prior_path = prior
     out = tmp_path / "ft"
     assert main(["finetune", "--model", str(prior_path), "--property", str(heat_model[1]), "--target",
-                 "heat_ref=min", "--steps", "2", "--batch-size", "4", "--out", str(out), "--quiet"]) == 0
+                 "heat_ref=min", "--steps", "2", "--batch-size", "4", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
     tuned = load_model(out)
     assert len(read_metadata(out)["history"]) >= 1
     assert tuned.sample(2, seed=0).samples

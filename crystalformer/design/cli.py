@@ -90,7 +90,7 @@ def cmd_design(args) -> int:
     learned = [t for t in targets if t.name not in POTENTIAL_TARGETS]
     paths = _property_paths(args, learned) if learned else []
     models = [load_property_model(p) for p in paths]
-    prior = load_model(args.model)
+    prior = load_model(args.model, device=args.device)  # property models are small: they stay on the CPU
     if energy_targets:
         from ..physics.cli import default_hull_path, potential_from
         from ..physics.design import PotentialProperty
@@ -139,7 +139,7 @@ def cmd_finetune(args) -> int:
     config = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
                             seed=args.seed, trainable=args.trainable)
     resolved, _, _, reward = target_likelihood([load_property_model(p) for p in paths], targets)
-    prior = load_model(args.model)
+    prior = load_model(args.model, device=args.device)
     space_groups, elements = _constraints(args)
     result = finetune(prior, reward, config, space_groups, elements, progress=not args.quiet)
     from dataclasses import asdict
@@ -206,7 +206,8 @@ def add_parsers(sub) -> None:
     from ..physics.cli import add_relax_options
 
     add_relax_options(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device of the prior (cpu, cuda, cuda:1, ...; default cpu)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -223,7 +224,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="T: reward / T (default 1)")
     p.add_argument("--trainable", choices=("token_head", "all"), default="token_head",
                    help="train only the discrete-choice head (default; stable) or every parameter")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda, cuda:1, ...; default cpu)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="model directory to write")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
