@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 
-class UsageError(Exception):
-    """A mistake in the command line; reported without a traceback, exit code 2."""
+from .errors import UsageError  # noqa: F401  (the sub-command CLIs raise it)
 
 
 # ---------------------------------------------------------------------- commands
@@ -269,7 +268,9 @@ def _add_train(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="crystalformer",
+    from .options import OneLineParser
+
+    parser = OneLineParser(prog="crystalformer",
                                      description="Space-group-aware generative transformer for crystal structures.")
     parser.add_argument("--version", action="version", version=f"crystalformer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -30,3 +30,7 @@ class CrystalError(ValueError):
             raise ValueError(f"unknown CrystalError reason {reason!r}")
         super().__init__(message)
         self.reason = reason
+
+
+class UsageError(Exception):
+    """A mistake in the command line; reported without a traceback, exit code 2."""

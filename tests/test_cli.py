@@ -125,7 +125,7 @@ def test_threads_default_to_one_for_decoding_and_follow_the_option(tmp_path, mon
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--sites", "Sr"], "--sites 'Sr': expected site indices"),
+    (["--sites", "Sr"], "--sites Sr: expected site indices"),
     (["--element", "Na", "--tie", "a=b"], "--tie 'a=b': expected I=J"),
 ])
 def test_infill_site_options_give_one_line(extra, message, tmp_path, data_dir, capsys):
@@ -153,7 +153,7 @@ def test_help_parses_without_loading_torch():
     (["csp", "--composition", "NaCl", "--particles", "0"], "--particles must be >= 1"),
     (["csp", "--composition", "NaCl", "--n", "1000000000"], "n and n_particles must be 1 to"),
     (["csp", "--composition", "NaCl", "--formula-units", "0"], "formula units must be integers >= 1"),
-    (["csp", "--composition", "NaCl", "--formula-units", "x"], "--formula-units 'x'"),
+    (["csp", "--composition", "NaCl", "--formula-units", "x"], "--formula-units x: expected whole numbers"),
     (["csp", "--composition", "NaCl", "--temperature", "nan"], "need temperature > 0"),
     (["sample", "--n", "2", "--top-p", "inf"], "0 < top_p <= 1"),
 ])
@@ -299,3 +299,23 @@ def test_sample_writer_leaves_nothing_when_a_part_fails(tmp_path):
             writer.add([])
             raise RuntimeError("boom")
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["--space-group", "225,221", "--space-group", "1"],
+                                  ["--space-group", "225", "--space-group", "221,1"]])
+def test_list_options_are_repeatable_and_comma_separated(argv):
+    from crystalformer.cli import build_parser
+    from crystalformer.options import int_list
+
+    args = build_parser().parse_args(["sample", "--out", "x", *argv, "--elements", "Li, Mn", "--elements", "O"])
+    assert int_list(args.space_group, "--space-group") == [225, 221, 1]
+    assert args.elements == ["Li", "Mn", "O"]
+    args = build_parser().parse_args(["design", "--target", "heat_ref=min", "--out", "x", *argv])
+    assert int_list(args.space_group, "--space-group") == [225, 221, 1]
+
+
+def test_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["csp", "--composition", "NaCl", "--rank", "bogus", "--out", "x"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith("crystalformer: error: argument --rank")

@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..cli import UsageError
+from ..errors import UsageError
+from ..options import ListAction, int_list, words
 
 
 def cmd_train_property(args) -> int:
@@ -51,16 +52,8 @@ def _property_paths(args, targets) -> list[Path]:
 
 def _constraints(args) -> tuple[list[int] | None, list[str] | None]:
     """(space groups, elements) from repeatable, comma-separated --space-group / --elements."""
-    space_groups = None
-    if args.space_group:
-        words = [s.strip() for part in args.space_group for s in part.split(",") if s.strip()]
-        try:
-            space_groups = [int(s) for s in words]
-        except ValueError:
-            raise UsageError(f"--space-group {','.join(words)}: expected space-group numbers 1-230") from None
-        if not all(1 <= g <= 230 for g in space_groups):
-            raise UsageError(f"--space-group {','.join(words)}: space-group numbers run from 1 to 230")
-    elements = None if not args.elements else [e.strip() for part in args.elements for e in part.split(",") if e.strip()]
+    space_groups = int_list(args.space_group, "--space-group", "space-group numbers 1-230", 1, 230)
+    elements = words(args.elements)
     return space_groups, elements
 
 
@@ -163,8 +156,10 @@ def _prior_and_targets(p) -> None:
     p.add_argument("--target", action="append", required=True, metavar="SPEC",
                    help="band_gap=3.0+-0.2, heat_ref=min, formation_energy_per_atom=min@0.05, band_gap>2 ... "
                         "(comma-separated or repeated)")
-    p.add_argument("--space-group", action="append", metavar="N[,N...]", help="allowed space groups")
-    p.add_argument("--elements", action="append", metavar="EL[,EL...]", help="allowed elements (all sites)")
+    p.add_argument("--space-group", action=ListAction, metavar="N[,N...]",
+                   help="allowed space groups (comma-separated or repeated; default: all)")
+    p.add_argument("--elements", action=ListAction, metavar="EL[,EL...]",
+                   help="allowed elements, all sites (comma-separated or repeated; default: all)")
 
 
 def add_parsers(sub) -> None:

@@ -12,9 +12,11 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..options import ListAction, int_list
+
 
 def _usage_error(msg: str):
-    from ..cli import UsageError
+    from ..errors import UsageError
 
     return UsageError(msg)
 
@@ -103,8 +105,7 @@ def cmd_evaluate_csp(args: argparse.Namespace) -> int:
     for flag, path in (("--predictions", args.predictions), ("--targets", args.targets)):
         if not path.exists():
             raise _usage_error(f"{flag} {path}: file or folder not found")
-    if any(k < 1 for k in args.k or []):
-        raise _usage_error(f"--k values must be >= 1, got {args.k}")
+    args.k = int_list(args.k, "--k", "whole numbers like 1,20", low=1)
     report = _check_outputs(args)
     result = evaluate_csp(args.predictions, args.targets, ks=args.k, workers=args.workers, progress=not args.quiet,
                           max_targets=args.max_targets, seed=args.seed)
@@ -158,8 +159,8 @@ def add_parser(sub) -> None:
                    help="folder from 'crystalformer csp' (<material_id>_<rank>.cif + samples.json) or a CSV "
                         "with material_id (and rank) columns")
     c.add_argument("--targets", type=Path, required=True, metavar="CSV", help="target structures (CDVAE CSV)")
-    c.add_argument("--k", type=int, action="append", metavar="K",
-                   help="report best-of-K (repeatable; default 1 and the most predictions per target)")
+    c.add_argument("--k", action=ListAction, metavar="K[,K...]",
+                   help="report best-of-K (comma-separated or repeated; default 1 and the most predictions per target)")
     c.add_argument("--max-targets", type=int, help="evaluate a random subset of the targets")
     _common(c)
     c.set_defaults(func=cmd_evaluate_csp)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def _usage(msg: str):
-    from ..cli import UsageError
+    from ..errors import UsageError
 
     return UsageError(msg)
 

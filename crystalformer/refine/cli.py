@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cli import UsageError
+from ..errors import UsageError
 
 
 def cmd_train_refiner(args) -> int:

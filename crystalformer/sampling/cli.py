@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from ..options import ListAction, int_list, words
+
 from ..physics.cli import (
     add_relax_options,
     check_physics,
@@ -17,7 +19,7 @@ DEFAULT = "default"  # --refine without a path
 
 
 def _usage(msg: str):
-    from ..cli import UsageError
+    from ..errors import UsageError
 
     return UsageError(msg)
 
@@ -31,8 +33,13 @@ def _load(args):
         raise _usage(f"--model {err}") from None
 
 
-def _symbols(text: str | None) -> list[str] | None:
-    return None if text is None else [s.strip() for s in text.replace(" ", ",").split(",") if s.strip()]
+def _symbols(values) -> list[str] | None:
+    """Element symbols of a list option (repeated and/or comma-separated)."""
+    return words(values)
+
+
+def _space_groups(args) -> list[int] | None:
+    return int_list(args.space_group, "--space-group", "space-group numbers 1-230", 1, 230)
 
 
 def _shown_symmetry(crystal) -> tuple[str, str]:
@@ -135,7 +142,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     shown, n_sampled = [], 0
     with SampleWriter(args.out, args.overwrite, p1=args.p1) as writer:
         for k, chunk in enumerate(_chunks(sample_stream(
-                model, args.n, space_groups=args.space_group, elements=_symbols(args.elements),
+                model, args.n, space_groups=_space_groups(args), elements=_symbols(args.elements),
                 temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
                 smc=not args.no_smc, progress=not args.quiet), STREAM_CHUNK)):
             chunk = relax_and_report(args, _refine(args, chunk, part=k))
@@ -143,7 +150,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             shown += chunk[:12 - len(shown)]
             n_sampled += len(chunk)
         wall = time.time() - t0
-        writer.meta = _meta(args, "sample", wall, space_groups=args.space_group, elements=args.elements)
+        writer.meta = _meta(args, "sample", wall, space_groups=_space_groups(args),
+                            elements=_symbols(args.elements))
     counts = writer.counts
     _print_table(shown, total=n_sampled)
     print(f"{counts['written']} CIFs in {args.out} ({n_sampled} sampled in {wall:.1f} s; "
@@ -184,13 +192,10 @@ def cmd_csp(args: argparse.Namespace) -> int:
 
 
 def _csp_options(args) -> dict:
-    try:
-        units = None if args.formula_units is None else [int(z) for z in _symbols(args.formula_units)]
-    except ValueError:
-        raise _usage(f"--formula-units {args.formula_units!r}: expected whole numbers like 1,2,4") from None
+    units = int_list(args.formula_units, "--formula-units")
     if args.particles is not None and args.particles < 1:
         raise _usage(f"--particles must be >= 1, got {args.particles}")
-    return dict(n=args.n, formula_units=units, max_atoms=args.max_atoms, space_groups=args.space_group,
+    return dict(n=args.n, formula_units=units, max_atoms=args.max_atoms, space_groups=_space_groups(args),
                 n_particles=args.particles, temperature=args.temperature, top_p=args.top_p, smc=not args.no_smc)
 
 
@@ -292,6 +297,7 @@ def _csp_targets(args, model) -> int:
 
 def cmd_infill(args: argparse.Namespace) -> int:
     from ..crystal import Crystal
+    from ..errors import CrystalError
     from ..io import to_structure
     from .output import check_output_dir, write_samples
     from .substitution import infill
@@ -303,15 +309,15 @@ def cmd_infill(args: argparse.Namespace) -> int:
     check_output_dir(args.out, args.overwrite)
     check_physics(args, args.relax)
     model = _load(args)
-    template = Crystal.from_structure(to_structure(str(args.template)))
+    try:
+        template = Crystal.from_structure(to_structure(str(args.template)))
+    except CrystalError as err:
+        raise _usage(str(err) if str(args.template) in str(err) else f"--template {args.template}: {err}") from None
     if args.element:
         sites = args.element
     else:
-        try:
-            sites = [int(i) for i in _symbols(args.sites)]
-        except ValueError:
-            raise _usage(f"--sites {args.sites!r}: expected site indices like 0,2 (the template's site list); "
-                         "to replace every site of one element use --element SYMBOL") from None
+        sites = int_list(args.sites, "--sites", "site indices like 0,2 (the template's site list); to replace "
+                         "every site of one element use --element SYMBOL")
     allowed = _symbols(args.allow)
     ties = {}
     for item in args.tie or []:
@@ -367,8 +373,8 @@ def _decoding(p) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--no-smc", action="store_true",
                    help="plain masking (greedy truncation) instead of importance weights + resampling")
-    p.add_argument("--space-group", type=int, action="append", metavar="N",
-                   help="allowed space group number (repeatable)")
+    p.add_argument("--space-group", action=ListAction, metavar="N[,N...]",
+                   help="allowed space-group numbers (comma-separated or repeated; default: all)")
 
 
 def add_parsers(sub) -> None:
@@ -376,8 +382,9 @@ def add_parsers(sub) -> None:
                        "in given space groups and with an element allow-list.")
     _common(p, 16)
     _decoding(p)
-    p.add_argument("--elements", help="comma-separated elements every site must use, e.g. Li,Mn,O")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--elements", action=ListAction, metavar="EL[,EL...]",
+                   help="elements every site must use, e.g. Li,Mn,O (comma-separated or repeated)")
+    p.add_argument("--batch-size", type=int, default=256, help="crystals decoded at once (default 256)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("csp", help="crystal structure prediction from a composition",
@@ -389,7 +396,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--targets", type=Path, metavar="CSV", help="CDVAE-format CSV: one target per row")
     p.add_argument("--cell", choices=("reduced", "primitive", "conventional"), default="reduced",
                    help="what the --composition counts mean (default: reduced formula, any formula units)")
-    p.add_argument("--formula-units", help="allowed formula units per conventional cell, e.g. 1,2,4")
+    p.add_argument("--formula-units", action=ListAction, metavar="Z[,Z...]",
+                   help="allowed formula units per conventional cell, e.g. 1,2,4 (default: all that fit)")
     p.add_argument("--max-atoms", type=int, default=80, help="most atoms per conventional cell (reduced formulas)")
     p.add_argument("--particles", type=int, help="SMC particles per composition (default max(2n, 64))")
     p.add_argument("--rank", choices=("logp", "energy"), default="logp",
@@ -410,8 +418,10 @@ def add_parsers(sub) -> None:
                        description="Sample the elements of chosen sites of a template from p(A_i | rest).")
     _common(p, 10)
     p.add_argument("--template", type=Path, required=True, help="CIF file of the template crystal")
-    p.add_argument("--sites", help="comma-separated site indices to replace (see the template's site list)")
+    p.add_argument("--sites", action=ListAction, metavar="I[,I...]",
+                   help="site indices to replace (see the template's site list; comma-separated or repeated)")
     p.add_argument("--element", help="replace every site holding this element")
-    p.add_argument("--allow", help="comma-separated candidate elements (default: all)")
+    p.add_argument("--allow", action=ListAction, metavar="EL[,EL...]",
+                   help="candidate elements (comma-separated or repeated; default: all)")
     p.add_argument("--tie", action="append", metavar="I=J", help="site I takes the same element as site J")
     p.set_defaults(func=cmd_infill)
