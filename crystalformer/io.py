@@ -225,6 +225,16 @@ def to_structure(obj):
             raise FileNotFoundError(f"structure file not found: {path}")
         if path.suffix.lower() == ".cif":
             return structure_from_cif(path.read_text(errors="replace"), str(path))
+        if path.suffix.lower() == ".extxyz":
+            from .formats import read_extxyz
+
+            try:
+                frames = read_extxyz(path)
+            except ValueError as err:
+                raise CrystalError("parse", str(err)) from None
+            if len(frames) != 1:
+                raise CrystalError("parse", f"{path}: {len(frames)} frames; one structure per file is read here")
+            return check_structure(frames[0], str(path), "parse")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"pymatgen\.io\.")
             try:

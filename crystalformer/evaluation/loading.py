@@ -69,15 +69,26 @@ def _from_samples_json(path: Path) -> list[Entry]:
             raise ValueError(f"{path}: row {i} has no 'file' key")
         mid = None if row.get("material_id") is None else str(row["material_id"])
         rank = None if row.get("rank") is None else int(row["rank"])
-        name = str(row["file"]).removesuffix(".cif") if row["file"] else f"row{i}"
+        name = Path(str(row["file"])).stem if row["file"] else f"row{i}"
         if not row["file"]:
-            entries.append(Entry(name, None, str(row.get("error") or "not generated"), mid, rank))
+            entries.append(Entry(name, None, str(row.get("error") or row.get("filtered") or "not generated"), mid, rank))
             continue
         f = path.parent / row["file"]
         if not f.is_file():
             raise FileNotFoundError(f"{path}: row {i} names {row['file']}, which is not in {path.parent}")
-        entries.append(Entry(name, f.read_text(errors="replace"), None, mid, rank))
+        entries.append(Entry(name, _cif_text(f), None, mid, rank))
     return entries
+
+
+def _cif_text(path: Path) -> str:
+    """A structure file's CIF text: CIFs as they are, POSCAR / extended XYZ (``--format``) converted."""
+    if path.suffix.lower() == ".cif":
+        return path.read_text(errors="replace")
+    from pymatgen.io.cif import CifWriter
+
+    from ..io import to_structure
+
+    return str(CifWriter(to_structure(path)))
 
 
 def group_predictions(entries: list[Entry]) -> dict[str, list[Entry]]:

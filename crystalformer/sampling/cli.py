@@ -135,12 +135,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .api import sample_stream
     from .output import SampleWriter, check_output_dir
 
+    _check_output_options(args)
     check_output_dir(args.out, args.overwrite)
     check_physics(args, args.relax)
     model = _load(args)
     t0 = time.time()
     shown, n_sampled = [], 0
-    with SampleWriter(args.out, args.overwrite, p1=args.p1) as writer:
+    with SampleWriter(args.out, args.overwrite, p1=args.p1, formats=args.format, filters=args.filter or ()) as writer:
         for k, chunk in enumerate(_chunks(sample_stream(
                 model, args.n, space_groups=_space_groups(args), elements=_symbols(args.elements),
                 temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
@@ -154,10 +155,53 @@ def cmd_sample(args: argparse.Namespace) -> int:
                             elements=_symbols(args.elements))
     counts = writer.counts
     _print_table(shown, total=n_sampled)
-    print(f"{counts['written']} CIFs in {args.out} ({n_sampled} sampled in {wall:.1f} s; "
-          f"{counts['not_decoded'] + counts['not_built']} not buildable, "
-          f"{counts['invalid_structure']} with atoms closer than 0.5 Å)")
+    print(f"{_written(counts, args)} in {args.out} ({n_sampled} sampled in {wall:.1f} s; "
+          f"{counts['not_decoded'] + counts['not_built']} not buildable)")
+    print(_flag_line(counts))
+    _next_step(f"crystalformer evaluate generation --samples {args.out} --reference YOUR_TRAIN.csv --json "
+               f"{Path(args.out) / 'eval.json'}" if not args.relax else
+               f"open the files in {args.out}; energies per atom are in {Path(args.out) / 'samples.json'}")
     return 0
+
+
+def _check_output_options(args) -> None:
+    """--format and --filter, checked before any work."""
+    from ..formats import check_formats
+    from .output import FILTERS
+
+    args.format = check_formats(args.format)
+    unknown = sorted(set(args.filter or ()) - set(FILTERS))
+    if unknown:
+        raise _usage(f"--filter {','.join(unknown)}: unknown; choose from {', '.join(FILTERS)}")
+
+
+def _written(counts: dict, args) -> str:
+    """'16 CIFs' or '16 crystals as cif, poscar'."""
+    formats = args.format or ["cif"]
+    if formats == ["cif"]:
+        return f"{counts['written']} CIFs"
+    return f"{counts['written']} crystals as {', '.join(formats)}"
+
+
+def _flag_line(counts: dict) -> str:
+    """What a person should know about the written crystals (the benchmark's 0.5 Å rule is not enough)."""
+    built = counts["written"] + counts.get("filtered", 0)
+    parts = [f"{counts['invalid_structure']} with atoms closer than 0.5 Å",
+             f"{counts['implausible_contacts']} with implausible contacts (< 0.7 x covalent radii)"]
+    if counts["charge_not_checked"]:
+        parts.append("charge balance not checked (pip install smact)")
+    else:
+        parts.append(f"{counts['not_charge_balanced']} not charge-balanced (SMACT)")
+    line = f"checks on {built} built: " + ", ".join(parts)
+    if counts.get("filtered"):
+        line += f"; {counts['filtered']} filtered out (listed in samples.json)"
+    elif counts["implausible_contacts"] or counts["not_charge_balanced"]:
+        line += "; --filter contacts,charge leaves them out"
+    return line
+
+
+def _next_step(text: str) -> None:
+    print(f"next: {text}")
 
 
 def _chunks(batches, size: int):
@@ -177,6 +221,7 @@ def cmd_csp(args: argparse.Namespace) -> int:
 
     if (args.composition is None) == (args.targets is None):
         raise _usage("csp needs exactly one of --composition FORMULA or --targets CSV")
+    _check_output_options(args)
     check_output_dir(args.out, args.overwrite)
     check_physics(args, args.relax or args.rank == "energy")
     if args.rank == "energy":
@@ -243,7 +288,8 @@ def _csp_one(args, model) -> int:
     extra = [{"rank": i} for i in range(len(result))]
     counts = write_samples(result.samples, args.out, overwrite=args.overwrite, p1=args.p1, names=names, extra=extra,
                            meta=_meta(args, "csp", wall, composition=args.composition, cell=args.cell,
-                                      log_evidence=result.log_evidence))
+                                      log_evidence=result.log_evidence), formats=args.format,
+                           filters=args.filter or ())
     _print_table(result.samples)
     if args.rank == "energy" and report_ranking(args._rank_stats):
         print(report_ranking(args._rank_stats))
@@ -251,7 +297,11 @@ def _csp_one(args, model) -> int:
     how = ("log-likelihood" + ("" if duplicates is None else f", {duplicates} duplicates of higher-ranked crystals "
                                f"removed from {2 * args.n} drawn")) if args.rank == "logp" else \
         f"energy per atom ({args.relax_top} lowest of {max(args.candidates, args.n)} candidates relaxed, duplicates removed)"
-    print(f"{counts['written']} CIFs in {args.out}, ranked by {how} ({wall:.1f} s)")
+    print(f"{_written(counts, args)} in {args.out}, ranked by {how} ({wall:.1f} s)")
+    print(_flag_line(counts))
+    if args.rank == "logp":
+        _next_step(f"rank by energy instead (relaxes the best candidates; pip install \"crystalformer[physics]\"): "
+                   f"crystalformer csp --composition {args.composition} --rank energy --out {args.out}-energy")
     return 0
 
 
@@ -285,13 +335,16 @@ def _csp_targets(args, model) -> int:
     wall = time.time() - t0
     counts = write_samples(samples, args.out, overwrite=args.overwrite, p1=args.p1, names=names, extra=extra,
                            meta=_meta(args, "csp --targets", wall, targets=str(args.targets), skipped=skipped,
-                                      num_targets=len(records)))
-    print(f"{len(records) - len(skipped)} of {len(records)} targets, {counts['written']} CIFs in {args.out} "
+                                      num_targets=len(records)), formats=args.format, filters=args.filter or ())
+    print(f"{len(records) - len(skipped)} of {len(records)} targets, {_written(counts, args)} in {args.out} "
           f"({wall:.1f} s)")
+    print(_flag_line(counts))
     for s in skipped:
         print(f"skipped {s['material_id']}: {s['reason']}")
     if args.rank == "energy" and report_ranking(args._rank_stats):
         print(report_ranking(args._rank_stats))
+    _next_step(f"score the predictions against the targets: crystalformer evaluate csp --predictions {args.out} "
+               f"--targets {args.targets} --json {Path(args.out) / 'csp.json'}")
     return 0
 
 
@@ -306,6 +359,7 @@ def cmd_infill(args: argparse.Namespace) -> int:
         raise _usage("infill needs exactly one of --sites I,J,... or --element SYMBOL")
     if not args.template.is_file():
         raise _usage(f"--template {args.template}: file not found")
+    _check_output_options(args)
     check_output_dir(args.out, args.overwrite)
     check_physics(args, args.relax)
     model = _load(args)
@@ -342,8 +396,12 @@ def cmd_infill(args: argparse.Namespace) -> int:
                                                                                range(len(samples))], extra=extra,
                            meta={"command": "infill", "template": str(args.template), "method": result.method,
                                  "refiner": None if args.refine is None else str(args.refine),
-                                 "wall_s": round(wall, 2)})
-    print(f"{counts['written']} CIFs in {args.out} ({wall:.1f} s)")
+                                 "wall_s": round(wall, 2)}, formats=args.format, filters=args.filter or ())
+    print(f"{_written(counts, args)} in {args.out} ({wall:.1f} s)")
+    print(_flag_line(counts))
+    if not args.relax:
+        _next_step(f"relax the substituted crystals (pip install \"crystalformer[physics]\"): crystalformer relax "
+                   f"{args.out} --out {args.out}-relaxed")
     return 0
 
 
@@ -366,6 +424,12 @@ def _common(p, n_default: int) -> None:
     p.add_argument("--p1", action="store_true",
                    help="write CIFs in P1 (every atom, identity operation) instead of the generated space group "
                         "with its operations and Wyckoff sites")
+    p.add_argument("--format", action=ListAction, metavar="FMT[,FMT...]",
+                   help="files to write per crystal: cif (default; keeps the symmetry), poscar (.vasp), extxyz")
+    p.add_argument("--filter", action=ListAction, metavar="CHECK[,CHECK...]",
+                   help="write no file for crystals failing: valid (atoms closer than 0.5 Å), contacts (closer "
+                        "than 0.7 x the sum of covalent radii), charge (not charge-balanced, SMACT); they stay "
+                        "listed in samples.json with the reason")
 
 
 def _decoding(p) -> None:

@@ -7,6 +7,7 @@ existing non-empty folder is replaced only with ``overwrite``.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -17,14 +18,24 @@ from ..atomic import assembled, check_output_folder
 
 MIN_DISTANCE = 0.5  # Å, the CDVAE structural-validity cut-off
 MIN_VOLUME = 0.1  # Å^3
+CONTACT_RATIO = 0.7  # x (sum of covalent radii): closer atoms are flagged as an implausible contact
+FILTERS = ("valid", "contacts", "charge")  # --filter: structurally valid, plausible contacts, charge-balanced
 
 
 check_output_dir = check_output_folder  # ``out`` checked and claimed for writing
 
 
 def structure_checks(crystal) -> tuple[object | None, dict]:
-    """(pymatgen Structure or None, flags): built, structurally valid (distances >= 0.5 Å, volume >= 0.1 Å^3)."""
-    flags = {"built": False, "valid_structure": False, "min_distance": None}
+    """(pymatgen Structure or None, flags) of a crystal as written.
+
+    ``valid_structure``: the benchmark's rule (all distances >= 0.5 Å, volume >= 0.1 Å^3).
+    ``contact_ratio``: the smallest distance over the sum of the two atoms' covalent radii;
+    ``plausible_contacts``: it is at least :data:`CONTACT_RATIO` (what a chemist would accept).
+    ``charge_balanced``: SMACT finds neutral oxidation states passing the electronegativity test
+    (``None`` when smact is not installed).
+    """
+    flags = {"built": False, "valid_structure": False, "min_distance": None, "contact_ratio": None,
+             "plausible_contacts": False, "charge_balanced": None}
     if crystal is None:
         return None, flags
     try:
@@ -33,31 +44,76 @@ def structure_checks(crystal) -> tuple[object | None, dict]:
         flags["error"] = f"structure: {err}"
         return None, flags
     flags["built"] = True
+    radii = np.array([_covalent_radius(site.specie.symbol) for site in structure])
+    shortest_period = float(min(structure.lattice.abc))  # an atom and its own image
     if len(structure) > 1:
         d = structure.distance_matrix
-        dmin = float(np.min(d[np.triu_indices(len(structure), 1)]))
-    else:  # one atom: its nearest neighbour is its own image at the shortest lattice vector
-        dmin = float(min(structure.lattice.abc))
+        iu = np.triu_indices(len(structure), 1)
+        dmin = float(min(np.min(d[iu]), shortest_period))
+        ratio = float(min(np.min(d[iu] / (radii[iu[0]] + radii[iu[1]])), shortest_period / (2 * radii.max())))
+    else:
+        dmin, ratio = shortest_period, shortest_period / (2 * float(radii[0]))
     flags["min_distance"] = round(dmin, 4)
+    flags["contact_ratio"] = round(ratio, 3)
     flags["valid_structure"] = bool(dmin >= MIN_DISTANCE and structure.volume >= MIN_VOLUME)
+    flags["plausible_contacts"] = bool(ratio >= CONTACT_RATIO and flags["valid_structure"])
+    flags["charge_balanced"] = charge_balanced(structure.composition.reduced_formula)
     return structure, flags
 
 
+def _covalent_radius(symbol: str) -> float:
+    from pymatgen.analysis.molecule_structure_comparator import CovalentRadius
+    from pymatgen.core import Element
+
+    r = CovalentRadius.radius.get(symbol)
+    if r is None:  # heavy elements pymatgen's table lacks: its atomic radius is close enough for a flag
+        r = Element(symbol).atomic_radius or 1.5
+    return float(r)
+
+
+@functools.lru_cache(maxsize=4096)
+def charge_balanced(formula: str) -> bool | None:
+    """SMACT charge neutrality + Pauling test of a reduced formula; ``None`` without smact."""
+    try:
+        import smact  # noqa: F401
+    except ImportError:
+        return None
+    from pymatgen.core import Composition
+
+    from ..evaluation.validity import smact_validity
+
+    return bool(smact_validity(Composition(formula)))
+
+
+def filter_reason(flags: dict, filters) -> str | None:
+    """Why ``--filter`` drops a sample with these flags, or None to keep it."""
+    if "valid" in filters and not flags["valid_structure"]:
+        return f"filtered: atoms closer than {MIN_DISTANCE} Å"
+    if "contacts" in filters and not flags["plausible_contacts"]:
+        return f"filtered: implausible contact ({flags['contact_ratio']} x the covalent radii)"
+    if "charge" in filters and flags["charge_balanced"] is False:
+        return "filtered: not charge-balanced (SMACT)"
+    return None
+
+
 def write_samples(samples, out, overwrite: bool = False, names: list[str] | None = None,
-                  extra: list[dict] | None = None, meta: dict | None = None, p1: bool = False) -> dict:
+                  extra: list[dict] | None = None, meta: dict | None = None, p1: bool = False,
+                  formats=None, filters=()) -> dict:
     """Write ``samples`` (:class:`~crystalformer.sampling.api.Sample`) into folder ``out``.
 
     ``names``: file stems (default ``sample_00000`` ...); ``extra``: per-sample fields added to
     ``samples.json`` (e.g. material_id and rank for CSP). Samples without a crystal are listed
     with their error and get no CIF. Each CIF carries the crystal's own space group, operations
     and Wyckoff sites (:func:`crystalformer.cif.crystal_cif`); ``p1`` writes every atom in P1.
-    Returns counts by outcome.
+    ``formats``: any of cif (default), poscar, extxyz (:mod:`crystalformer.formats`), one file per
+    format and crystal. ``filters``: any of :data:`FILTERS`; a sample that fails one gets no file
+    and its row says why (it is counted, never silently dropped). Returns counts by outcome.
     """
     if names is not None and (len(names) != len(samples) or len(set(names)) != len(names)):
         raise ValueError("names must be unique, one per sample")
     if extra is not None and len(extra) != len(samples):
         raise ValueError("extra needs one mapping per sample")
-    with SampleWriter(out, overwrite, meta, p1) as writer:
+    with SampleWriter(out, overwrite, meta, p1, formats, filters) as writer:
         writer.add(samples, names, extra)
     return writer.counts
 
@@ -74,10 +130,19 @@ class SampleWriter:
 
     ROWS = ".rows.jsonl"
 
-    def __init__(self, out, overwrite: bool = False, meta: dict | None = None, p1: bool = False):
+    def __init__(self, out, overwrite: bool = False, meta: dict | None = None, p1: bool = False, formats=None,
+                 filters=()):
+        from ..formats import check_formats
+
+        self.formats = check_formats(formats)
+        unknown = sorted(set(filters or ()) - set(FILTERS))
+        if unknown:
+            raise ValueError(f"--filter {','.join(unknown)}: unknown; choose from {', '.join(FILTERS)}")
+        self.filters = tuple(filters or ())
         self.out = check_output_dir(out, overwrite)
         self.meta, self.p1 = dict(meta or {}), p1
-        self.counts = {"written": 0, "not_decoded": 0, "not_built": 0, "invalid_structure": 0}
+        self.counts = {"written": 0, "not_decoded": 0, "not_built": 0, "invalid_structure": 0,
+                       "implausible_contacts": 0, "not_charge_balanced": 0, "charge_not_checked": 0, "filtered": 0}
         self.n = 0
         self._names: set[str] = set()
 
@@ -88,9 +153,7 @@ class SampleWriter:
         return self
 
     def add(self, samples, names: list[str] | None = None, extra: list[dict] | None = None) -> None:
-        """Write one part: a CIF per built crystal and a row per sample (numbered on from earlier parts)."""
-        from ..cif import crystal_cif
-
+        """Write one part: a file per built crystal and format, a row per sample (numbered on from earlier parts)."""
         names = names or [f"sample_{self.n + i:05d}" for i in range(len(samples))]
         if len(names) != len(samples) or self._names.intersection(names) or len(set(names)) != len(names):
             raise ValueError("names must be unique, one per sample")
@@ -103,12 +166,36 @@ class SampleWriter:
             elif structure is None:
                 self.counts["not_built"] += 1
             else:
-                (self.tmp / f"{name}.cif").write_text(crystal_cif(s.crystal, name, p1=self.p1), encoding="utf-8")
-                row["file"] = f"{name}.cif"
-                self.counts["written"] += 1
                 self.counts["invalid_structure"] += int(not flags["valid_structure"])
+                self.counts["implausible_contacts"] += int(not flags["plausible_contacts"])
+                self.counts["not_charge_balanced"] += int(flags["charge_balanced"] is False)
+                self.counts["charge_not_checked"] += int(flags["charge_balanced"] is None)
+                reason = filter_reason(flags, self.filters)
+                if reason is not None:
+                    row["filtered"] = reason
+                    self.counts["filtered"] += 1
+                else:
+                    files = [self._write(s.crystal, structure, name, fmt) for fmt in self.formats]
+                    row["file"] = files[0]
+                    if len(files) > 1:
+                        row["files"] = files
+                    self.counts["written"] += 1
             self._rows.write(json.dumps(row) + "\n")
             self.n += 1
+
+    def _write(self, crystal, structure, name: str, fmt: str) -> str:
+        from ..cif import crystal_cif
+        from ..formats import FORMATS, extxyz_text, poscar_text
+
+        if fmt == "cif":
+            text = crystal_cif(crystal, name, p1=self.p1)
+        elif fmt == "poscar":
+            text = poscar_text(structure, name)
+        else:
+            text = extxyz_text(structure, name)
+        file = f"{name}{FORMATS[fmt]}"
+        (self.tmp / file).write_text(text, encoding="utf-8")
+        return file
 
     def _finish(self) -> None:
         self._rows.close()
