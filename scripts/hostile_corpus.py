@@ -536,7 +536,7 @@ def signal_cases(ws: Path) -> list[Outcome]:
     second = subprocess.run([*base[:-2], "2", "--quiet", "--out", str(out)], cwd=ws, env=env, capture_output=True,
                             text=True)
     first.communicate(timeout=600)
-    ok = second.returncode == 2 and "another crystalformer process" in second.stderr and first.returncode == 0
+    ok = second.returncode == 2 and "being written by another process" in second.stderr and first.returncode == 0
     outcomes.append(Outcome("second-writer-refused", "signal", "handled" if ok else "wrong",
                             "" if ok else f"second exit {second.returncode}: {second.stderr.strip()[-200:]}"))
     return outcomes

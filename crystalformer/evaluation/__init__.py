@@ -1,4 +1,4 @@
-"""Evaluation of generated crystals (DESIGN.md section 9): the CDVAE / DiffCSP metrics as plain functions.
+"""Evaluation of generated crystals: the CDVAE / DiffCSP metrics as plain functions.
 
 - :mod:`.validity`: ``structure_validity``, ``smact_validity``;
 - :mod:`.coverage`: CrystalNN / Magpie fingerprints, ``coverage`` (COV-R, COV-P) and its cutoffs;

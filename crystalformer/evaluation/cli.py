@@ -128,7 +128,7 @@ def add_parser(sub) -> None:
         .add_subparsers(dest="evaluate_command", metavar="COMMAND", required=True)
     g = ev.add_parser("generation", help="validity, coverage, property distances, uniqueness/novelty, space groups",
                       description="Generation metrics of samples against a reference set (usually the test or "
-                                  "train split), as CDVAE/DiffCSP compute them; see DESIGN.md section 9.")
+                                  "train split), as CDVAE/DiffCSP compute them.")
     g.add_argument("--samples", type=Path, required=True, metavar="PATH",
                    help="folder of *.cif (+ samples.json), a samples.json, or a CSV with a 'cif' column")
     g.add_argument("--reference", type=Path, required=True, metavar="CSV", help="reference structures (CDVAE CSV)")

@@ -21,7 +21,7 @@ KNOWN_DATASETS = ("mp_20", "mpts_52", "perov_5", "carbon_24")
 
 
 def guess_dataset(path) -> str | None:
-    """A known data-set name among the parts of ``path`` (../shared/data/perov_5/train.csv -> perov_5)."""
+    """A known data-set name among the parts of ``path`` (data/perov_5/train.csv -> perov_5)."""
     parts = [p.lower().replace("-", "_") for p in Path(path).parts]
     for name in KNOWN_DATASETS:
         if any(name in p or name.replace("_", "") in p for p in parts):

@@ -1,4 +1,4 @@
-"""Wrapped-normal score refinement of atomic positions (DESIGN.md section 7).
+"""Wrapped-normal score refinement of atomic positions.
 
 Public entry points (imported lazily by callers; nothing heavy happens at import):
 

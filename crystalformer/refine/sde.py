@@ -1,4 +1,4 @@
-"""Variance-exploding SDE on the torus (Song et al. 2021, eq. 30; DESIGN.md section 7).
+"""Variance-exploding SDE on the torus (Song et al. 2021, eq. 30).
 
 dx = sqrt(d sigma^2 / dt) dW with sigma(t) = sigma_min (sigma_max / sigma_min)^t, t in [0, 1].
 There is no drift (alpha_t = 1): a VP scaling alpha_t x would not commute with lattice
