@@ -49,8 +49,36 @@ def int_list(values, option: str, what: str = "whole numbers like 1,2,4", low: i
     return numbers
 
 
+def _shows_default(action) -> bool:
+    default = action.default
+    if default is None or default is False or default == argparse.SUPPRESS or isinstance(default, list):
+        return False
+    return bool(action.option_strings) and not isinstance(action, argparse._VersionAction)
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows every option's default unless its text already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if _shows_default(action) and "default" not in text:
+            text = f"{text} (default %(default)s)" if text else "default %(default)s"
+        return text
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse with the package's error style: one ``crystalformer: error:`` line, exit code 2."""
+    """argparse with the package's error style: one ``crystalformer: error:`` line, exit code 2,
+    and defaults shown in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        if not action.help and _shows_default(action):
+            action.help = "default %(default)s"
+        return action
 
     def error(self, message):
         self.exit(2, f"crystalformer: error: {message} (see `{self.prog} --help`)\n")

@@ -319,3 +319,13 @@ def test_argparse_errors_are_one_line(capsys):
         main(["csp", "--composition", "NaCl", "--rank", "bogus", "--out", "x"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith("crystalformer: error: argument --rank")
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, default in (("--seed SEED", "default 0"), ("--temperature TEMPERATURE", "default 1.0"),
+                            ("--device DEVICE", "default cpu"), ("--batch-size BATCH_SIZE", "default 256")):
+        assert f"{option} " in text
+        assert default in text.split(f"{option} ", 1)[1][:200], option
