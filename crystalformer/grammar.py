@@ -77,6 +77,7 @@ class GrammarState:
     wyckoff: int | None = None  # index of the position whose element comes next
     pending: tuple[int, ...] = ()  # forced token ids still to come
     lattice_done: bool = False
+    atoms: int = 0  # atoms placed so far (sum of the chosen positions' multiplicities)
 
     @property
     def has_prompt(self) -> bool:
@@ -191,7 +192,8 @@ class Grammar:
                 remaining = _subtract(remaining, t, wp.multiplicity)
             pending = tuple(self.axis_ids[a] for a in wp.free_axes)
             new = replace(state, remaining=remaining, n_sites=state.n_sites + 1, wyckoff=None,
-                          start=wp.index + (1 if wp.dof == 0 else 0), pending=pending)
+                          start=wp.index + (1 if wp.dof == 0 else 0), pending=pending,
+                          atoms=state.atoms + wp.multiplicity)
             return replace(new, phase=Phase.FORCED) if pending else replace(new, phase=Phase.SITE)
         if ph == Phase.FORCED:
             rest = state.pending[1:]

@@ -329,3 +329,12 @@ def test_help_shows_every_default(capsys):
                             ("--device DEVICE", "default cpu"), ("--batch-size BATCH_SIZE", "default 256")):
         assert f"{option} " in text
         assert default in text.split(f"{option} ", 1)[1][:200], option
+
+
+def test_sample_atoms_option_gives_exactly_that_many_atoms(tmp_path):
+    import json
+
+    out = tmp_path / "s"
+    assert main(["sample", "--model", "perov_5", "--n", "12", "--atoms", "5", "--out", str(out), "--quiet"]) == 0
+    data = json.loads((out / "samples.json").read_text())
+    assert {r["num_atoms"] for r in data["samples"]} == {5} and data["meta"]["atoms"] == [5]

@@ -92,12 +92,14 @@ def test_design_command_writes_ranked_designs(prior, heat_model, tmp_path):
     _, prior_path = prior
     out = tmp_path / "d"
     code = main(["design", "--model", str(prior_path), "--property", str(heat_model[1]), "--target", "heat_ref=min",
-                 "--n", "4", "--steps", "3", "--out", str(out), "--quiet", "--beta-start", "0.3", "--device", "cpu"])
+                 "--n", "4", "--steps", "3", "--out", str(out), "--quiet", "--beta-start", "0.3", "--device", "cpu",
+                 "--atoms", "4-12"])
     assert code == 0
     data = json.loads((out / "samples.json").read_text())
     rows = data["samples"]
     assert [r["rank"] for r in rows] == list(range(4))
     assert all("heat_ref" in r["predicted"] for r in rows)
+    assert all(4 <= r["num_atoms"] <= 12 for r in rows)  # --atoms, enforced by the grammar in every move
     assert data["meta"]["proposed"] and "acceptance" in data["meta"]
     scores = [(not r["meets_targets"], -r["log_target"]) for r in rows]
     assert scores == sorted(scores)

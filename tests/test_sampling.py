@@ -15,6 +15,7 @@ from crystalformer.model import CrystalFormer
 from crystalformer.sampling.api import predict_structure, sample
 from crystalformer.sampling.constraints import composition_branches
 from crystalformer.sampling.decoder import DecodeOptions, decode
+from crystalformer.symmetry import space_group
 from crystalformer.sampling.constraints import Constraint, ConstraintMasks
 
 
@@ -222,3 +223,50 @@ def test_cli_sample_with_refiner_keeps_symmetry_and_elements(model, tmp_path):
         assert (x["space_group"], x["wyckoff"], x["formula"]) == (y["space_group"], y["wyckoff"], y["formula"])
         moved += x["text"] != y["text"]
     assert moved > 0  # coordinates with free parameters were refined
+
+
+def test_atom_count_constraint_matches_rejection_sampling():
+    """Target: q(X | SG 2) restricted to exactly 2 atoms in the cell (P-1: 1a..1h once each, 2i repeatable).
+
+    Rejection keeps the unconstrained draws with 2 atoms; SMC masks the sites that cannot reach 2
+    and [STOP] before it, and reweights. Both must give the same distribution of Wyckoff sequences
+    (keyed by the number of sites and the first letter); greedy masking without weights must not.
+    """
+    model = _model(n_max=3, scale=0.3, seed=5, boost=(("SG2", 20.0), ("[STOP]", 2.0)))
+    tok, grammar = model.tokenizer, model.grammar
+    prefix = [grammar.bos]
+    sg_only = ConstraintMasks.compile(Constraint(space_groups=frozenset([2])), grammar)
+    two = ConstraintMasks.compile(Constraint(space_groups=frozenset([2]), atoms=frozenset([2])), grammar)
+    mult = {f"W_{w.letter}": w.multiplicity for w in space_group(2).wyckoff}
+
+    def letters(ids):
+        return [tok.vocab[i] for i in ids if tok.vocab[i].startswith("W_")]
+
+    def key(ids):
+        w = letters(ids)
+        return len(w), w[0]
+
+    g = torch.Generator().manual_seed(0)
+    accepted: list = []
+    while len(accepted) < 1500:  # ~11 % of the draws have 2 atoms
+        d = decode(model, [prefix] * 2000, [sg_only] * 2000, DecodeOptions(smc=False), g)
+        accepted += [key(ids) for ids in d.ids if sum(mult[w] for w in letters(ids)) == 2]
+    smc = decode(model, [prefix] * 3000, [two] * 3000, DecodeOptions(), torch.Generator().manual_seed(1))
+    assert all(sum(mult[w] for w in letters(ids)) == 2 for ids in smc.ids)  # exact, by the grammar
+    idx = np.random.default_rng(0).choice(3000, size=1500, p=_normalized(smc.log_weight))
+    tv_smc = _tv(Counter(key(smc.ids[i]) for i in idx), Counter(accepted[:1500]))
+    plain = decode(model, [prefix] * 1500, [two] * 1500, DecodeOptions(smc=False), torch.Generator().manual_seed(2))
+    tv_plain = _tv(Counter(key(ids) for ids in plain.ids), Counter(accepted[:1500]))
+    assert tv_smc < 0.06, (tv_smc, tv_plain)
+    assert tv_plain > tv_smc
+
+
+def test_atom_counts_are_checked_before_sampling(model):
+    from crystalformer.sampling.constraints import parse_atoms
+
+    assert parse_atoms("5") == {5} and parse_atoms("10-12") == {10, 11, 12} and parse_atoms("4,8-9") == {4, 8, 9}
+    for bad in ("0", "x", "9-3", "1-100000"):
+        with pytest.raises(ValueError, match="--atoms"):
+            parse_atoms(bad)
+    with pytest.raises(ValueError, match="holds 1000 atoms"):
+        sample(model, 2, atoms=1000)  # n_max=6 sites cannot hold 1000 atoms in any group

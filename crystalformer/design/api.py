@@ -123,7 +123,8 @@ def target_likelihood(property_models, targets):
 
 def design(prior, property_models, targets, n: int = 100, steps: int = 100, moves: MoveConfig | None = None,
            beta: float = 1.0, beta_start: float | None = None, anneal_steps: int | None = None, space_groups=None,
-           elements=None, seed: int = 0, progress: bool = False, require_reached: bool = True) -> DesignResult:
+           elements=None, seed: int = 0, progress: bool = False, require_reached: bool = True,
+           atoms=None) -> DesignResult:
     """``n`` crystals from p(X | constraints) p(targets | X)^beta (the final states of ``n`` chains), ranked.
 
     ``property_models``: PropertyModel objects (one per target name). ``targets``: Target objects
@@ -138,7 +139,7 @@ def design(prior, property_models, targets, n: int = 100, steps: int = 100, move
 
     betas = beta_schedule(steps, beta, beta_start, anneal_steps)
     chains = metropolis_hastings(prior, log_likelihood, n, steps, moves, betas, space_groups, elements, seed,
-                                 progress)
+                                 progress, atoms)
     streams = list(zip(chains.streams.ids, chains.streams.values))
     preds = predict(streams)
     met = np.all([t.satisfied(preds[t.name], models[t.name].sigma) for t in resolved], axis=0)
@@ -154,6 +155,7 @@ def design(prior, property_models, targets, n: int = 100, steps: int = 100, move
                                   .tolist())),
                 "space_groups": None if space_groups is None else sorted(int(s) for s in np.atleast_1d(space_groups)),
                 "elements": None if elements is None else sorted(elements), "seed": seed,
+                "atoms": None if atoms is None else sorted([atoms] if isinstance(atoms, int) else atoms),
                 "sigma": {t.name: models[t.name].sigma for t in resolved}}
     result = DesignResult(samples, {k: v[order] for k, v in preds.items()}, log_t[order], met[order], chains,
                           resolved, order, time.time() - t0, settings)

@@ -50,6 +50,15 @@ def _property_paths(args, targets) -> list[Path]:
     return [default_dir("property", t.name) for t in targets]
 
 
+def _atoms(args):
+    """--atoms N, N-M or N,M,...: atoms in the conventional cell, enforced by the grammar."""
+    if getattr(args, "atoms", None) is None:
+        return None
+    from ..sampling.constraints import parse_atoms
+
+    return parse_atoms(args.atoms)
+
+
 def _constraints(args) -> tuple[list[int] | None, list[str] | None]:
     """(space groups, elements) from repeatable, comma-separated --space-group / --elements."""
     space_groups = int_list(args.space_group, "--space-group", "space-group numbers 1-230", 1, 230)
@@ -74,6 +83,7 @@ def cmd_design(args) -> int:
     from .mcmc import beta_schedule
 
     beta_schedule(1, args.beta, args.beta_start, args.anneal_steps)  # finite, positive: checked before the work
+    _atoms(args)
     if not 0 < args.energy_sigma < float("inf"):
         raise UsageError(f"--energy-sigma must be a positive number of eV/atom, got {args.energy_sigma}")
     _constraints(args)
@@ -99,7 +109,7 @@ def cmd_design(args) -> int:
     try:
         result = design(prior, models, targets, n=args.n, steps=args.steps, moves=moves, beta=args.beta,
                         beta_start=args.beta_start, anneal_steps=args.anneal_steps, space_groups=space_groups,
-                        elements=elements, seed=args.seed, progress=not args.quiet)
+                        elements=elements, seed=args.seed, progress=not args.quiet, atoms=_atoms(args))
         code = 0
     except UnreachableTargetError as err:
         if err.result is None:
@@ -160,6 +170,9 @@ def _prior_and_targets(p) -> None:
                    help="allowed space groups (comma-separated or repeated; default: all)")
     p.add_argument("--elements", action=ListAction, metavar="EL[,EL...]",
                    help="allowed elements, all sites (comma-separated or repeated; default: all)")
+    p.add_argument("--atoms", metavar="N|N-M",
+                   help="atoms in the conventional cell: a number, a range or a list, enforced exactly by the "
+                        "grammar (default: any)")
 
 
 def add_parsers(sub) -> None:

@@ -150,7 +150,7 @@ def _initial(model, n: int, masks: ConstraintMasks, log_likelihood, generator, m
 
 def metropolis_hastings(model, log_likelihood, n_chains: int, steps: int, moves: MoveConfig | None = None,
                         betas=None, space_groups=None, elements=None, seed: int = 0,
-                        progress: bool = False) -> ChainResult:
+                        progress: bool = False, atoms=None) -> ChainResult:
     """Run ``n_chains`` chains for ``steps`` steps on pi ∝ p(X | constraints) L(X)^beta (module docstring).
 
     ``log_likelihood``: callable from a list of (ids, values) streams to an (N,) array of log L
@@ -167,7 +167,8 @@ def metropolis_hastings(model, log_likelihood, n_chains: int, steps: int, moves:
     if isinstance(space_groups, int):
         space_groups = [space_groups]
     constraint = Constraint(None if space_groups is None else frozenset(int(s) for s in space_groups),
-                            None if elements is None else frozenset(elements))
+                            None if elements is None else frozenset(elements),
+                            atoms=None if atoms is None else frozenset([atoms] if isinstance(atoms, int) else atoms))
     masks = ConstraintMasks.compile(constraint, model.grammar)
     grammar = model.grammar
     candidates = np.flatnonzero(masks.elements) if masks.elements is not None else np.asarray(grammar.element_ids)

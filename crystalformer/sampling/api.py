@@ -84,16 +84,18 @@ def _to_samples(model, decoded, prompts=None) -> list[Sample]:
 
 def sample(model, n: int, space_groups=None, elements=None, site_elements=None, temperature: float = 1.0,
            top_p: float = 1.0, batch_size: int = 256, seed: int = 0, smc: bool = True,
-           progress: bool = False, kv_cache: bool = True) -> SampleSet:
+           progress: bool = False, kv_cache: bool = True, atoms=None) -> SampleSet:
     """Draw ``n`` crystals from the model (optionally in ``space_groups``, with element allow-lists).
 
     ``elements``: symbols every site must use; ``site_elements``: {site index: symbols}.
+    ``atoms``: allowed numbers of atoms in the conventional cell (an int or a set), enforced by the
+    grammar (multiplicities must sum to one of them), not by filtering.
     With constraints and ``smc`` the samples follow p(X | constraints) exactly (see decoder).
     :func:`sample_stream` draws the same crystals batch by batch, without holding them all.
     """
     samples, evidence, resamples = [], [], 0
     for batch in sample_stream(model, n, space_groups, elements, site_elements, temperature, top_p, batch_size,
-                               seed, smc, progress, kv_cache):
+                               seed, smc, progress, kv_cache, atoms):
         samples += batch.samples
         evidence.append(batch.log_evidence)
         resamples += batch.resamples
@@ -102,7 +104,7 @@ def sample(model, n: int, space_groups=None, elements=None, site_elements=None, 
 
 def sample_stream(model, n: int, space_groups=None, elements=None, site_elements=None, temperature: float = 1.0,
                   top_p: float = 1.0, batch_size: int = 256, seed: int = 0, smc: bool = True,
-                  progress: bool = False, kv_cache: bool = True) -> Iterator[SampleSet]:
+                  progress: bool = False, kv_cache: bool = True, atoms=None) -> Iterator[SampleSet]:
     """:func:`sample`, one :class:`SampleSet` per decoded batch of at most ``batch_size`` crystals.
 
     Memory stays bounded by the batch whatever ``n`` is; the crystals are exactly those
@@ -115,10 +117,11 @@ def sample_stream(model, n: int, space_groups=None, elements=None, site_elements
     constraint = Constraint(
         space_groups=None if space_groups is None else frozenset(int(s) for s in space_groups),
         elements=None if elements is None else frozenset(elements),
-        site_elements=tuple((int(i), frozenset(els)) for i, els in (site_elements or {}).items()))
+        site_elements=tuple((int(i), frozenset(els)) for i, els in (site_elements or {}).items()),
+        atoms=None if atoms is None else frozenset([int(atoms)] if isinstance(atoms, int) else map(int, atoms)))
     masks = ConstraintMasks.compile(constraint, model.grammar)
     options = DecodeOptions(temperature=temperature, top_p=top_p, smc=smc, kv_cache=kv_cache)
-    constrained = space_groups is not None or elements is not None or bool(site_elements)
+    constrained = space_groups is not None or elements is not None or bool(site_elements) or atoms is not None
     # with constraints, decode twice as many particles and draw the batch from their weights
     oversample = 2 if constrained and smc else 1
     generator = _generator(seed)

@@ -135,7 +135,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .api import sample_stream
     from .output import SampleWriter, check_output_dir
 
+    from .constraints import parse_atoms
+
     _check_output_options(args)
+    atoms = None if args.atoms is None else parse_atoms(args.atoms)
     check_output_dir(args.out, args.overwrite)
     check_physics(args, args.relax)
     model = _load(args)
@@ -145,14 +148,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         for k, chunk in enumerate(_chunks(sample_stream(
                 model, args.n, space_groups=_space_groups(args), elements=_symbols(args.elements),
                 temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
-                smc=not args.no_smc, progress=not args.quiet), STREAM_CHUNK)):
+                smc=not args.no_smc, progress=not args.quiet, atoms=atoms), STREAM_CHUNK)):
             chunk = relax_and_report(args, _refine(args, chunk, part=k))
             writer.add(chunk)
             shown += chunk[:12 - len(shown)]
             n_sampled += len(chunk)
         wall = time.time() - t0
         writer.meta = _meta(args, "sample", wall, space_groups=_space_groups(args),
-                            elements=_symbols(args.elements))
+                            elements=_symbols(args.elements), atoms=None if atoms is None else sorted(atoms))
     counts = writer.counts
     _print_table(shown, total=n_sampled)
     print(f"{_written(counts, args)} in {args.out} ({n_sampled} sampled in {wall:.1f} s; "
@@ -448,6 +451,9 @@ def add_parsers(sub) -> None:
     _decoding(p)
     p.add_argument("--elements", action=ListAction, metavar="EL[,EL...]",
                    help="elements every site must use, e.g. Li,Mn,O (comma-separated or repeated)")
+    p.add_argument("--atoms", metavar="N|N-M",
+                   help="atoms in the conventional cell: a number, a range or a list (e.g. 5, 10-20, 8,12), "
+                        "enforced exactly by the grammar (default: any)")
     p.add_argument("--batch-size", type=int, default=256, help="crystals decoded at once (default 256)")
     p.set_defaults(func=cmd_sample)
 

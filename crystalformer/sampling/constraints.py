@@ -19,9 +19,10 @@ import numpy as np
 
 from ..grammar import Grammar, GrammarState, Phase, min_sites
 from ..symmetry import space_group
-from ..tokenizer import COMP, END_COMP, count_token
+from ..tokenizer import COMP, END_COMP, count_token, wyckoff_token
 
 CENTERING_FACTORS = (1, 2, 3, 4)  # P; A, B, C, I; R (hexagonal axes); F
+MAX_ATOM_TARGETS = 500  # --atoms ranges: every count is checked per decoding step
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,15 @@ class Constraint:
     elements: frozenset[str] | None = None
     site_elements: tuple[tuple[int, frozenset[str]], ...] = ()
     """(site index, allowed elements) pairs; site 0 is the first site in the stream."""
+    atoms: frozenset[int] | None = None
+    """Allowed numbers of atoms in the conventional cell (the sum of the sites' multiplicities)."""
 
     def __post_init__(self):
+        if self.atoms is not None:
+            if not self.atoms or any(int(n) < 1 for n in self.atoms):
+                raise ValueError(f"atom counts must be a non-empty set of whole numbers >= 1, got {sorted(self.atoms)}")
+            if len(self.atoms) > MAX_ATOM_TARGETS:
+                raise ValueError(f"at most {MAX_ATOM_TARGETS} atom counts at once, got {len(self.atoms)}")
         if self.space_groups is not None:
             bad = sorted(n for n in self.space_groups if not 1 <= int(n) <= 230)
             if bad or not self.space_groups:
@@ -47,6 +55,8 @@ class ConstraintMasks:
     sg: np.ndarray | None  # (V,) bool or None
     elements: np.ndarray | None  # (V,) bool or None
     sites: dict[int, np.ndarray] = field(default_factory=dict)
+    atoms: tuple[int, ...] | None = None  # allowed conventional-cell atom counts, ascending
+    grammar: Grammar | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def compile(cls, constraint: Constraint, grammar: Grammar) -> ConstraintMasks:
@@ -57,12 +67,25 @@ class ConstraintMasks:
             sg[grammar.sg_ids[[int(n) - 1 for n in constraint.space_groups]]] = True
         elements = None if constraint.elements is None else _element_mask(constraint.elements, grammar)
         sites = {int(i): _element_mask(els, grammar) for i, els in constraint.site_elements}
-        return cls(sg, elements, sites)
+        atoms = None
+        if constraint.atoms is not None:
+            atoms = tuple(sorted(int(n) for n in constraint.atoms))
+            feasible = [n for n in range(1, 231) if any(min_sites(n, 0, (a,)) <= grammar.n_max for a in atoms)]
+            if not feasible:
+                raise ValueError(f"no space group holds {_atoms_text(atoms)} atoms in at most {grammar.n_max} sites")
+            by_atoms = np.zeros(V, dtype=bool)
+            by_atoms[grammar.sg_ids[[n - 1 for n in feasible]]] = True
+            sg = by_atoms if sg is None else sg & by_atoms
+            if not sg.any():
+                raise ValueError(f"none of the space groups asked for holds {_atoms_text(atoms)} atoms")
+        return cls(sg, elements, sites, atoms, grammar if atoms is not None else None)
 
     def apply(self, mask: np.ndarray, state: GrammarState) -> np.ndarray:
         """``mask`` (V,) narrowed by the constraint in ``state`` (a new array when narrowed)."""
         if state.phase in (Phase.SPACE_GROUP, Phase.AFTER_BOS) and self.sg is not None:
             return mask & self.sg
+        if state.phase == Phase.SITE and self.atoms is not None:
+            return self._atom_sites(mask, state)
         if state.phase == Phase.ELEMENT:
             site = self.sites.get(state.n_sites)
             if site is not None:
@@ -70,6 +93,47 @@ class ConstraintMasks:
             if self.elements is not None:
                 mask = mask & self.elements
         return mask
+
+
+    def _atom_sites(self, mask: np.ndarray, state: GrammarState) -> np.ndarray:
+        """At a site choice: [STOP] only at an allowed atom count; a Wyckoff letter only when some
+        allowed count stays reachable after it (:func:`min_sites` with the remaining atoms as one count)."""
+        grammar = self.grammar
+        mask = mask.copy()
+        mask[grammar.stop] = mask[grammar.stop] and state.atoms in self.atoms
+        budget = grammar.n_max - state.n_sites - 1
+        for wp in space_group(state.sg).wyckoff[state.start:]:
+            tid = grammar.tokenizer.id(wyckoff_token(wp.letter))
+            if not mask[tid]:
+                continue
+            after = state.atoms + wp.multiplicity
+            start = wp.index + (1 if wp.dof == 0 else 0)
+            mask[tid] = any(a == after or (a > after and min_sites(state.sg, start, (a - after,)) <= budget)
+                            for a in self.atoms)
+        return mask
+
+
+def _atoms_text(atoms) -> str:
+    return str(atoms[0]) if len(atoms) == 1 else f"{atoms[0]}-{atoms[-1]}"
+
+
+def parse_atoms(text: str) -> frozenset[int]:
+    """``--atoms``: "N" or "N-M" (inclusive) or "N,M,..." -> the set of allowed atom counts."""
+    out: set[int] = set()
+    for part in str(text).replace(" ", "").split(","):
+        lo, sep, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise ValueError(f"--atoms {text!r}: expected N, N-M or N,M,... (atoms in the conventional cell)") from None
+        if a < 1 or b < a:
+            raise ValueError(f"--atoms {text!r}: counts must be >= 1 and ranges ascending")
+        out.update(range(a, b + 1))
+        if len(out) > MAX_ATOM_TARGETS:
+            raise ValueError(f"--atoms {text!r}: at most {MAX_ATOM_TARGETS} counts at once")
+    if not out:
+        raise ValueError(f"--atoms {text!r}: no count given")
+    return frozenset(out)
 
 
 def _element_mask(symbols, grammar: Grammar) -> np.ndarray:
