@@ -72,7 +72,7 @@ def test_unreachable_targets_stop_with_the_best_value(prior, heat_model):
     with pytest.raises(UnreachableTargetError, match="outside what the property model"):
         design(model, [pm], "heat_ref=500+-0.1", n=2, steps=1)
     with pytest.raises(UnreachableTargetError, match="best") as info:  # reachable in principle, not in 2 steps
-        design(model, [pm], f"heat_ref={pm.quantile(0.5) + 1e-3}+-1e-9", n=3, steps=2)
+        design(model, [pm], f"heat_ref={pm.quantile(0.5) + 1e-3}+-1e-9", n=3, steps=2, plausible=False)
     assert info.value.result is not None and len(info.value.result.samples) == 3
     with pytest.raises(ValueError, match="no property model"):
         design(model, [pm], "band_gap=min", n=2, steps=1)
@@ -85,7 +85,7 @@ def test_nan_predictions_are_reported(prior):
         net.head[-1].bias.fill_(float("nan"))
     pm = PropertyModel(net, {"target": "x", "mean": 0.0, "std": 1.0, "sigma": 1.0, "train_quantiles": [0.0, 1.0]})
     with pytest.raises(ValueError, match="predicts nan"):
-        design(model, [pm], "x=min", n=2, steps=1)
+        design(model, [pm], "x=min", n=2, steps=1, plausible=False)
 
 
 def test_design_command_writes_ranked_designs(prior, heat_model, tmp_path):
@@ -93,7 +93,7 @@ def test_design_command_writes_ranked_designs(prior, heat_model, tmp_path):
     out = tmp_path / "d"
     code = main(["design", "--model", str(prior_path), "--property", str(heat_model[1]), "--target", "heat_ref=min",
                  "--n", "4", "--steps", "3", "--out", str(out), "--quiet", "--beta-start", "0.3", "--device", "cpu",
-                 "--atoms", "4-12"])
+                 "--atoms", "4-12", "--allow-implausible"])
     assert code == 0
     data = json.loads((out / "samples.json").read_text())
     rows = data["samples"]
@@ -116,6 +116,7 @@ def test_several_targets_multiply_their_likelihoods(prior, heat_model):
     other = load_property_model(heat_model[1])
     other.metadata.update(target="heat_all", sigma=2 * heat.sigma)
     result = design(model, [heat, other], ["heat_ref=min", f"heat_all={heat.quantile(0.5):.3f}+-0.5"], n=3, steps=2,
+                    plausible=False,
                     require_reached=False)
     assert set(result.predictions) == {"heat_ref", "heat_all"}
     t1 = parse_target("heat_ref=min").resolve(heat)
@@ -137,3 +138,17 @@ def test_finetune_command_writes_a_loadable_prior(prior, heat_model, tmp_path):
     tuned = load_model(out)
     assert len(read_metadata(out)["history"]) >= 1
     assert tuned.sample(2, seed=0).samples
+
+
+def test_designs_have_plausible_contacts_by_default(tmp_path, capsys):
+    """The shipped perov_5 prior and heat_ref model: every chain starts and stays among crystals whose
+    closest atoms are at least 0.7 x the sum of their covalent radii."""
+    out = tmp_path / "d"
+    code = main(["design", "--model", "perov_5", "--target", "heat_ref=min", "--n", "4", "--steps", "3",
+                 "--out", str(out), "--quiet"])
+    assert code in (0, 1)
+    data = json.loads((out / "samples.json").read_text())
+    assert all(r["plausible_contacts"] for r in data["samples"])
+    assert data["meta"]["plausible_contacts_only"] is True
+    text = capsys.readouterr().out
+    assert "implausible contacts" in text and "next:" in text

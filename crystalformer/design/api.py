@@ -121,21 +121,48 @@ def target_likelihood(property_models, targets):
     return resolved, models, predict, log_likelihood
 
 
+def _restricted_to_plausible(prior, log_likelihood):
+    """log L(X) where X has plausible contacts, -inf elsewhere (what a chemist would discard)."""
+    from ..errors import CrystalError
+    from ..sampling.output import structure_checks
+
+    def plausible(ids, values) -> bool:
+        try:
+            crystal = prior.tokenizer.decode(ids, values)
+        except (CrystalError, ValueError):
+            return False
+        return structure_checks(crystal)[1]["plausible_contacts"]
+
+    def restricted(streams) -> np.ndarray:
+        ok = np.array([plausible(ids, values) for ids, values in streams], dtype=bool)
+        out = np.full(len(streams), -np.inf)
+        if ok.any():
+            out[ok] = log_likelihood([s for s, keep in zip(streams, ok) if keep])
+        return out
+
+    return restricted
+
+
 def design(prior, property_models, targets, n: int = 100, steps: int = 100, moves: MoveConfig | None = None,
            beta: float = 1.0, beta_start: float | None = None, anneal_steps: int | None = None, space_groups=None,
            elements=None, seed: int = 0, progress: bool = False, require_reached: bool = True,
-           atoms=None) -> DesignResult:
+           atoms=None, plausible: bool = True) -> DesignResult:
     """``n`` crystals from p(X | constraints) p(targets | X)^beta (the final states of ``n`` chains), ranked.
 
     ``property_models``: PropertyModel objects (one per target name). ``targets``: Target objects
     or strings (:func:`parse_targets`). ``beta_start``: anneal the likelihood's inverse temperature
-    geometrically from it to ``beta`` over ``anneal_steps`` (default half the steps).
+    geometrically from it to ``beta`` over ``anneal_steps`` (default half the steps). ``atoms``:
+    allowed atom counts of the conventional cell (grammar-enforced). ``plausible``: the target is
+    restricted to crystals whose closest atoms are at least 0.7 x the sum of their covalent radii
+    (proposals with closer atoms are rejected as outside its support; chains start inside it).
     """
     from ..sampling.api import Sample
 
     t0 = time.time()
     targets = _as_targets(targets)
     resolved, models, predict, log_likelihood = target_likelihood(property_models, targets)
+    if plausible:
+        log_likelihood = _restricted_to_plausible(prior, log_likelihood)
 
     betas = beta_schedule(steps, beta, beta_start, anneal_steps)
     chains = metropolis_hastings(prior, log_likelihood, n, steps, moves, betas, space_groups, elements, seed,
@@ -156,6 +183,7 @@ def design(prior, property_models, targets, n: int = 100, steps: int = 100, move
                 "space_groups": None if space_groups is None else sorted(int(s) for s in np.atleast_1d(space_groups)),
                 "elements": None if elements is None else sorted(elements), "seed": seed,
                 "atoms": None if atoms is None else sorted([atoms] if isinstance(atoms, int) else atoms),
+                "plausible_contacts_only": plausible,
                 "sigma": {t.name: models[t.name].sigma for t in resolved}}
     result = DesignResult(samples, {k: v[order] for k, v in preds.items()}, log_t[order], met[order], chains,
                           resolved, order, time.time() - t0, settings)

@@ -109,7 +109,8 @@ def cmd_design(args) -> int:
     try:
         result = design(prior, models, targets, n=args.n, steps=args.steps, moves=moves, beta=args.beta,
                         beta_start=args.beta_start, anneal_steps=args.anneal_steps, space_groups=space_groups,
-                        elements=elements, seed=args.seed, progress=not args.quiet, atoms=_atoms(args))
+                        elements=elements, seed=args.seed, progress=not args.quiet, atoms=_atoms(args),
+                        plausible=not args.allow_implausible)
         code = 0
     except UnreachableTargetError as err:
         if err.result is None:
@@ -124,6 +125,12 @@ def cmd_design(args) -> int:
     acc = ", ".join(f"{k} {v:.2f}" for k, v in s["acceptance"].items() if v is not None)
     print(f"designed {s['n']} crystals ({s['meeting_all_targets']} meet {', '.join(s['targets'])}); "
           f"acceptance {acc}; {counts['written']} CIFs in {args.out} ({s['wall_s']:.0f} s)")
+    from ..sampling.cli import _flag_line
+
+    print(_flag_line(counts))
+    if not args.relax:
+        print(f"next: check the designs with the interatomic potential (pip install \"crystalformer[physics]\"): "
+              f"crystalformer relax {args.out} --out {args.out}-relaxed")
     return code
 
 
@@ -200,8 +207,12 @@ def add_parsers(sub) -> None:
                                    "Writes CIFs and a ranked samples.json with predicted properties and "
                                    "acceptance statistics.")
     _prior_and_targets(p)
-    p.add_argument("--n", type=int, default=100, help="chains = designed crystals (default 100)")
-    p.add_argument("--steps", type=int, default=100, help="Metropolis-Hastings steps per chain (default 100)")
+    p.add_argument("--n", type=int, default=20, help="chains = designed crystals (default 20: about a minute or two "
+                                                     "on a laptop CPU; more chains, more candidates)")
+    p.add_argument("--steps", type=int, default=40, help="Metropolis-Hastings steps per chain (default 40)")
+    p.add_argument("--allow-implausible", action="store_true",
+                   help="let chains visit crystals with atoms closer than 0.7 x the sum of covalent radii "
+                        "(default: such proposals are rejected)")
     p.add_argument("--moves", type=float, nargs=3, metavar=("INDEPENDENT", "SUFFIX", "ELEMENT"),
                    help="move probabilities (default 0.2 0.6 0.2)")
     p.add_argument("--beta", type=float, default=1.0, help="final inverse temperature on the likelihood (default 1)")

@@ -50,6 +50,7 @@ pi = 0 and are always rejected.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -139,12 +140,17 @@ def _initial(model, n: int, masks: ConstraintMasks, log_likelihood, generator, m
             continue
         draw = draw.take(ok)
         ll = log_likelihood(list(zip(draw.ids, draw.values)))
+        inside = np.flatnonzero(np.isfinite(ll))  # a likelihood of zero (e.g. implausible contacts): outside
+        if not len(inside):
+            continue
+        draw, ll = draw.take(inside), ll[inside]
         keep = draw if keep is None else Streams(keep.ids + draw.ids, keep.values + draw.values,
                                                  keep.log_p + draw.log_p, keep.log_w + draw.log_w)
         lls = np.concatenate([lls, ll])
     if keep is None or len(keep) < n:
         raise ValueError(f"could not draw {n} starting crystals inside the constraints in {max_rounds} rounds; "
-                         "the space groups and element allow-list may exclude each other")
+                         "the space groups, element allow-list and atom counts may exclude each other, or too few "
+                         "draws have plausible contacts (--allow-implausible lifts that)")
     return keep.take(range(n)), lls[:n]
 
 
@@ -185,7 +191,12 @@ def metropolis_hastings(model, log_likelihood, n_chains: int, steps: int, moves:
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc="design", unit="step")
+    started = time.perf_counter()
     for step in iterator:
+        if progress and step == 1 and steps > 2:  # the first step measured: a plain estimate for the rest
+            per_step = time.perf_counter() - started
+            iterator.write(f"design: {n_chains} chains x {steps} steps, about {per_step * (steps - 1):.0f} s to go "
+                           f"({per_step:.1f} s per step on this machine)")
         kinds = rng.choice(3, size=n_chains, p=moves.probabilities)
         prop_ids, prop_vals = list(state.ids), list(state.values)
         prop_p, prop_w = list(state.log_p), list(state.log_w)
