@@ -266,6 +266,14 @@ def _cif_cases() -> list[Case]:
     cases.append(_c("prepare-mixed-folder-2-workers", "cif", f"data prepare --cif {W}/mixed_cifs --workers 2 {OUT}",
                     0, "skipped", "kept=1"))
     cases.append(_c("refine-mixed-folder", "cif", f"refine --input {W}/mixed_cifs {OUT}", 0, "skipped", "cifs=1"))
+    for i, (flag, value) in enumerate((("--symprec", "nan"), ("--symprec", "-1"), ("--struct-cutoff", "nan"),
+                                       ("--max-samples", "0"))):
+        cases.append(_c(f"evaluate-option-{i}", "options",
+                        f"evaluate generation --samples {W}/mixed_cifs --reference {W}/good.csv --json "
+                        f"{W}/out/ev{i}/x.json --no-report {flag} {value} --struct-cutoff 0.4 --comp-cutoff 10 {Q}"
+                        if flag != "--struct-cutoff" else
+                        f"evaluate generation --samples {W}/mixed_cifs --reference {W}/good.csv --json "
+                        f"{W}/out/ev{i}/x.json --no-report --struct-cutoff nan --comp-cutoff 10 {Q}", 2, flag))
     cases.append(_c("evaluate-mixed-folder", "cif",
                     f"evaluate generation --samples {W}/mixed_cifs --reference {W}/good.csv --json {W}/out/eval/x.json "
                     f"--no-report {Q}", 0, "", "json"))
@@ -349,13 +357,16 @@ def _option_cases() -> list[Case]:
         ("design", "--target nonsense", "nonsense"), ("design", "--target band_gap=abc", "band_gap"),
         ("design", "--target heat_ref=min --device bogus", "bogus"),
         ("design", "--target heat_ref=min --atoms 9-3", "--atoms"),
+        ("data", f"prepare --cif {W}/good.cif --symprec nan", "symprec"),
+        ("data", f"prepare --cif {W}/good.cif --symprec 0", "symprec"),
+        ("data", f"prepare --cif {W}/good.cif --angle-tolerance nan", "angle_tolerance"),
         ("finetune", "--target heat_ref=min --lr nan", "lr"),
         ("finetune", "--target heat_ref=min --temperature nan", "temperature"),
         ("finetune", "--target heat_ref=min --batch-size 1", "batch_size"),
         ("finetune", "--target heat_ref=min --device bogus", "bogus"),
     ]
     for i, (cmd, extra, phrase) in enumerate(bad):
-        quiet = [] if cmd in ("refine", "finetune") else [Q]
+        quiet = [] if cmd in ("refine", "finetune", "data") else [Q]
         cases.append(_c(f"{cmd}-option-{i}", "options", [cmd, *extra.split(), *OUT.split(), *quiet], 2, phrase,
                         "no_out"))
     return cases

@@ -82,6 +82,15 @@ def cmd_evaluate_generation(args: argparse.Namespace) -> int:
             raise _usage_error(f"{flag} {path}: file or folder not found")
     if (args.struct_cutoff is None) != (args.comp_cutoff is None):
         raise _usage_error("give both --struct-cutoff and --comp-cutoff, or neither")
+    if not 0 < args.symprec < 1:  # NaN fails too; spglib would take it
+        raise _usage_error(f"--symprec must be in (0, 1) Å, got {args.symprec}")
+    for flag, value in (("--struct-cutoff", args.struct_cutoff), ("--comp-cutoff", args.comp_cutoff)):
+        if value is not None and not 0 < value < float("inf"):
+            raise _usage_error(f"{flag} must be a positive number, got {value}")
+    for flag, value in (("--n-wdist", args.n_wdist), ("--max-samples", args.max_samples),
+                        ("--max-reference", args.max_reference), ("--workers", args.workers)):
+        if value is not None and value < 1:
+            raise _usage_error(f"{flag} must be >= 1, got {value}")
     stability = None
     if args.energy:
         from ..physics.cli import stability_judge
