@@ -50,6 +50,9 @@ def _property_paths(args, targets) -> list[Path]:
     return [default_dir("property", t.name) for t in targets]
 
 
+MAX_CHAINS = 100_000  # design holds every chain in memory
+
+
 def _atoms(args):
     """--atoms N, N-M or N,M,...: atoms in the conventional cell, enforced by the grammar."""
     if getattr(args, "atoms", None) is None:
@@ -78,8 +81,9 @@ def cmd_design(args) -> int:
 
     targets = parse_targets(args.target)
     check_output_dir(args.out, args.overwrite)  # refuse before the work, not after
-    if args.n < 1 or args.steps < 0:
-        raise UsageError(f"--n must be >= 1 and --steps >= 0 (got {args.n}, {args.steps})")
+    if not 1 <= args.n <= MAX_CHAINS or args.steps < 0:
+        raise UsageError(f"--n must be 1 to {MAX_CHAINS:,} chains (all are held at once) and --steps >= 0 "
+                         f"(got {args.n}, {args.steps})")
     from .mcmc import beta_schedule
 
     beta_schedule(1, args.beta, args.beta_start, args.anneal_steps)  # finite, positive: checked before the work

@@ -55,9 +55,9 @@ class FinetuneConfig:
         if self.trainable not in ("all", "token_head"):
             raise ValueError(f"trainable must be 'all' or 'token_head', got {self.trainable!r}")
         finite = all(math.isfinite(x) for x in (self.lr, self.temperature, self.grad_clip))
-        if not finite or self.steps < 1 or self.batch_size < 2 or self.lr <= 0 or self.temperature <= 0 \
+        if not finite or self.steps < 1 or not 2 <= self.batch_size <= 100_000 or self.lr <= 0 or self.temperature <= 0 \
                 or self.grad_clip < 0:
-            raise ValueError(f"need steps >= 1, batch_size >= 2, lr > 0, temperature > 0, grad_clip >= 0; got {self}")
+            raise ValueError(f"need steps >= 1, batch_size 2 to 100,000, lr > 0, temperature > 0, grad_clip >= 0; got {self}")
 
 
 @dataclass

@@ -64,8 +64,8 @@ def cmd_refine(args) -> int:
         raise UsageError(f"--input {args.input}: file or folder not found")
     if args.n_steps < 1 or not args.sigma_start > 0:
         raise UsageError(f"--n-steps must be >= 1 and --sigma-start > 0 (got {args.n_steps}, {args.sigma_start})")
-    if args.batch_size < 1 or args.n_corrector < 0 or not args.snr > 0:
-        raise UsageError(f"--batch-size must be >= 1, --n-corrector >= 0 and --snr > 0 "
+    if not 1 <= args.batch_size <= 100_000 or args.n_corrector < 0 or not args.snr > 0:
+        raise UsageError(f"--batch-size must be 1 to 100,000, --n-corrector >= 0 and --snr > 0 "
                          f"(got {args.batch_size}, {args.n_corrector}, {args.snr})")
     check_output_dir(args.out, args.overwrite)  # refuse before the work, not after
     refiner = load_refiner(args.model, args.device)

@@ -112,6 +112,9 @@ def sample_stream(model, n: int, space_groups=None, elements=None, site_elements
     """
     if n < 1 or batch_size < 1:
         raise ValueError(f"need n >= 1 and batch_size >= 1, got {n}, {batch_size}")
+    if batch_size > MAX_BATCH:  # one batch is decoded at once: its memory grows with it
+        raise ValueError(f"batch_size {batch_size} is more than {MAX_BATCH:,} crystals decoded at once; any n streams "
+                         "in batches, so a smaller batch loses nothing")
     if isinstance(space_groups, int):
         space_groups = [space_groups]
     constraint = Constraint(
@@ -134,6 +137,7 @@ def sample_stream(model, n: int, space_groups=None, elements=None, site_elements
         yield SampleSet([decoded_samples[i] for i in keep], decoded.log_evidence, decoded.resamples)
 
 
+MAX_BATCH = 100_000  # crystals decoded at once by sample()
 MAX_CSP_PARTICLES = 100_000  # CSP decodes its particles in one batch, so memory grows with their number
 
 
