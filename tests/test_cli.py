@@ -214,7 +214,7 @@ def test_table_shows_the_space_group_spglib_finds_and_reduced_formulas(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["sample", "--n", "2", "--device", "bogus"], "not a torch device"),
     (["sample", "--n", "2", "--device", "cuda:7"], "--device cuda:7"),
-    (["refine", "--input", "{cif}", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["refine", "--input", "{cif}", "--batch-size", "0"], "--batch-size must be 1 to 100,000"),
 ])
 def test_devices_and_batch_sizes_are_checked_in_one_line(argv, message, tmp_path, data_dir, capsys):
     import torch
