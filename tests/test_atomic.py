@@ -88,8 +88,9 @@ def test_failed_write_leaves_nothing_and_stale_temporaries_are_removed(tmp_path)
     assert not stale.exists() and fresh.exists()
 
 
-def test_sigterm_during_writing_leaves_no_temporary_folder(tmp_path):
-    """A sample run terminated while it writes CIFs: no .out.tmp-* and no lock remain."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_writing_leaves_no_temporary_folder(tmp_path, sig):
+    """A sample run interrupted (Ctrl-C) or terminated while it writes CIFs: no .out.tmp-* and no lock remain."""
     code = f"""
 import time
 import crystalformer.sampling.output as output
@@ -99,14 +100,14 @@ def slow(crystal):
     time.sleep(0.5)
     return real(crystal)
 output.structure_checks = slow
-main(["sample", "--n", "8", "--out", {str(tmp_path / 'out')!r}, "--quiet"])
+raise SystemExit(main(["sample", "--n", "8", "--out", {str(tmp_path / 'out')!r}, "--quiet"]))
 """
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while time.time() < deadline and not any(p.name.startswith(".out.tmp-") for p in tmp_path.iterdir()):
-        time.sleep(0.1)
-    assert any(p.name.startswith(".out.tmp-") for p in tmp_path.iterdir()), proc.communicate(timeout=5)
-    proc.send_signal(signal.SIGTERM)
+    while time.time() < deadline and not list(tmp_path.glob(".out.tmp-*/*.cif")):  # the writing phase
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".out.tmp-*/*.cif")), proc.communicate(timeout=5)
+    proc.send_signal(sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0
     assert [p.name for p in tmp_path.iterdir()] == []
