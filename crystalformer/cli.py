@@ -107,6 +107,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not sep:
             raise UsageError(f"--set {item!r}: expected FIELD=VALUE")
         overrides[key.strip()] = value.strip()
+    if args.device is not None:
+        from .options import lightning_device
+
+        overrides["accelerator"], overrides["devices"] = lightning_device(args.device)
     if args.resume:  # the run's own configs, with any overrides on top (e.g. --set max_epochs=80)
         from .checkpoint import check_checkpoint
         from .train import load_run_configs
@@ -252,6 +256,8 @@ def _add_train(sub) -> None:
     p.add_argument("--config", type=Path, metavar="YAML",
                    help="YAML overrides of any config field: flat (lr: 3e-4) or nested (model: {n_layer: 6})")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override one config field (repeatable)")
+    p.add_argument("--device", help="train on this torch device: cpu, cuda, cuda:N or mps (default: the "
+                                    "config's accelerator and devices, auto)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--init", type=Path, metavar="MODEL",
                    help="start from the weights of a model directory or shipped model name (its shape; new optimiser, "

@@ -82,3 +82,16 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"crystalformer: error: {message} (see `{self.prog} --help`)\n")
+
+
+def lightning_device(device: str | None) -> tuple[str, object]:
+    """(accelerator, devices) for Lightning from a torch device name: cpu, cuda, cuda:N, mps."""
+    if device is None:
+        return "auto", "auto"
+    kind, _, index = device.partition(":")
+    accelerator = {"cpu": "cpu", "cuda": "gpu", "mps": "mps"}.get(kind)
+    if accelerator is None:
+        raise UsageError(f"--device {device!r}: use cpu, cuda, cuda:N or mps")
+    if index and not index.isdigit():
+        raise UsageError(f"--device {device!r}: use cpu, cuda, cuda:N or mps")
+    return accelerator, (f"{int(index)}," if index else "1")  # Lightning: "1," is device index 1, "1" one device

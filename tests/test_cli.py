@@ -338,3 +338,23 @@ def test_sample_atoms_option_gives_exactly_that_many_atoms(tmp_path):
     assert main(["sample", "--model", "perov_5", "--n", "12", "--atoms", "5", "--out", str(out), "--quiet"]) == 0
     data = json.loads((out / "samples.json").read_text())
     assert {r["num_atoms"] for r in data["samples"]} == {5} and data["meta"]["atoms"] == [5]
+
+
+def test_lightning_device_names():
+    from crystalformer.errors import UsageError
+    from crystalformer.options import lightning_device
+
+    assert lightning_device("cpu") == ("cpu", "1") and lightning_device("cuda") == ("gpu", "1")
+    assert lightning_device("cuda:2") == ("gpu", "2,") and lightning_device(None) == ("auto", "auto")
+    for bad in ("tpu", "cuda:x"):
+        with pytest.raises(UsageError, match="--device"):
+            lightning_device(bad)
+
+
+@pytest.mark.parametrize("command", [["sample"], ["csp"], ["infill"], ["design"], ["finetune"], ["refine"], ["train"],
+                                     ["train-refiner"], ["relax"], ["physics", "build-hull"],
+                                     ["evaluate", "generation"]])
+def test_every_command_that_computes_takes_device(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    assert "--device" in capsys.readouterr().out

@@ -108,8 +108,10 @@ def test_cli_train_tiny_with_overrides(data_dir, tmp_path, capsys):
     yaml_file = tmp_path / "o.yaml"
     yaml_file.write_text("model:\n  n_layer: 1\nmax_epochs: 1\n")
     code = main(["train", "--preset", "tiny", "--data", str(data_dir / "perov5_sample.csv"), "--out", str(out),
-                 "--config", str(yaml_file), "--set", "batch_size=8", "--cache-dir", str(tmp_path / "c"), "--quiet"])
+                 "--config", str(yaml_file), "--set", "batch_size=8", "--cache-dir", str(tmp_path / "c"), "--quiet",
+                 "--device", "cpu"])
     assert code == 0
+    assert json.loads((out / "run.json").read_text())["train"]["accelerator"] == "cpu"
     text = capsys.readouterr().out
     assert "best val NLL" in text and "parameters" in text
     assert load_model(out / "model").config.n_layer == 1

@@ -160,6 +160,7 @@ def add_parser(sub) -> None:
                    help="reference hull table (crystalformer physics build-hull); default: the shipped hull of "
                         "the default model's training data under CHGNet (not the Materials Project hull)")
     g.add_argument("--potential", default="chgnet", help="interatomic potential for --energy (default chgnet)")
+    g.add_argument("--device", default="cpu", help="torch device of the potential for --energy (cpu, cuda, ...)")
     g.set_defaults(func=cmd_evaluate_generation)
     c = ev.add_parser("csp", help="CSP match rate and RMSE, k=1 and best-of-k",
                       description="Match predictions to targets by material_id; StructureMatcher(stol=0.5, "

@@ -41,7 +41,7 @@ def cmd_train_refiner(args) -> int:
             raise UsageError(f"--resume: {run_file} is not a readable run record ({type(err).__name__}: {err})") \
                 from None
     result = train_refiner(args.data, args.out, config, val=args.val, resume=args.resume, overwrite=args.overwrite,
-                           cache_dir=args.cache_dir, progress=not args.quiet)
+                           cache_dir=args.cache_dir, progress=not args.quiet, device=args.device)
     loss = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.4f}"
     print(f"trained {result.epochs} epochs ({result.steps} steps, {result.wall_seconds:.0f} s); "
           f"best val DSM loss {loss}; refiner in {result.model_dir}")
@@ -100,6 +100,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a config field, e.g. --set objective=ssm --set max_time_minutes=30 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--device", help="train on this torch device: cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="start again in a non-empty RUN_DIR")
     p.add_argument("--cache-dir", type=Path, help="where CSV/CIF inputs are prepared (default ~/.cache/crystalformer)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -58,7 +58,7 @@ def _has_free_params(crystal) -> bool:
 @quietly
 def train_refiner(data, out, config: RefinerConfig | None = None, val=None, resume: bool = False,
                   overwrite: bool = False, cache_dir=None, progress: bool = True,
-                  checkpoint_every: int = 200) -> RefinerTrainResult:
+                  checkpoint_every: int = 200, device: str | None = None) -> RefinerTrainResult:
     """Train a refiner on ``data`` (CSV / CIF / prepared dirs) into run dir ``out``.
 
     ``out/model`` receives the best refiner by validation DSM loss; ``out/checkpoints/last.ckpt``
@@ -123,7 +123,11 @@ def train_refiner(data, out, config: RefinerConfig | None = None, val=None, resu
             "parameters": sum(p.numel() for p in module.refiner.parameters())}
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, every_n_train_steps=checkpoint_every,
                            save_top_k=0, save_on_train_epoch_end=True)
-    trainer = L.Trainer(max_epochs=cfg.max_epochs, accelerator="auto", devices=1, gradient_clip_val=cfg.grad_clip,
+    from ..options import lightning_device
+
+    accelerator, devices = lightning_device(device) if device is not None else ("auto", 1)
+    trainer = L.Trainer(max_epochs=cfg.max_epochs, accelerator=accelerator, devices=devices,
+                        gradient_clip_val=cfg.grad_clip,
                         logger=CSVLogger(out, name="logs"), callbacks=[ckpt, _export_callback(out / "model", meta)],
                         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
                         max_time={"minutes": cfg.max_time_minutes} if cfg.max_time_minutes else None,
