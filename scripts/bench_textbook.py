@@ -1,10 +1,12 @@
 """CSP of ten textbook compounds: where does the known structure rank?
 
 For each compound of :mod:`crystalformer.textbook` (rock salt, CsCl, diamond, zincblende,
-wurtzite, rutile, perovskite, fluorite, spinel, fcc Cu), structures are predicted three ways:
+wurtzite, rutile, perovskite, fluorite, spinel, fcc Cu), structures are predicted several ways:
 
 - ``reduced``: ``crystalformer csp --composition X --n 20`` as the README shows it (log p order);
 - ``primitive``: the primitive cell's composition (``--cell primitive``), log p order;
+- ``reduced_skeleton`` / ``primitive_skeleton``: what ``csp`` does by default (``--rank skeleton``):
+  64 candidates ordered by the probability of their symmetry skeleton, duplicates removed, 20 kept;
 - ``energy``: ``--cell primitive --rank energy`` (64 candidates, 8 relaxed, near-ties broken by
   log p), the best ranking available (needs the physics extra; skipped without it).
 
@@ -56,6 +58,7 @@ def main() -> None:
     from crystalformer.model import load_model
     from crystalformer.sampling.api import predict_structure
     from crystalformer.sampling.dedup import distinct_samples
+    from crystalformer.sampling.skeleton import rank_by_skeleton
     from crystalformer.textbook import TEXTBOOK
 
     protocol = csp_matcher()
@@ -72,8 +75,15 @@ def main() -> None:
         known = t.structure()
         primitive = known.get_primitive_structure().composition.formula.replace(" ", "")
         row = {"formula": t.formula, "structure": t.name, "space_group": t.number, "primitive_formula": primitive}
+        def skeleton(formula, cell):  # what `csp --rank skeleton` (the default) does
+            pool = predict_structure(model, formula, n=max(2 * args.n, args.candidates), cell=cell, seed=args.seed)
+            pool.samples = distinct_samples(rank_by_skeleton(model, pool.samples), args.n)[0]
+            return pool
+
         ways = [("reduced", lambda: predict_structure(model, t.formula, n=args.n, seed=args.seed)),
-                ("primitive", lambda: predict_structure(model, primitive, n=args.n, cell="primitive", seed=args.seed))]
+                ("primitive", lambda: predict_structure(model, primitive, n=args.n, cell="primitive", seed=args.seed)),
+                ("reduced_skeleton", lambda: skeleton(t.formula, "reduced")),
+                ("primitive_skeleton", lambda: skeleton(primitive, "primitive"))]
         if energy:
             ways.append(("energy", lambda: predict_structure_by_energy(
                 model, primitive, n=args.n, candidates=args.candidates, relax_top=args.relax_top,
@@ -92,7 +102,8 @@ def main() -> None:
                         "top_space_groups": [s.crystal.space_group if s.crystal else None for s in samples[:3]]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    ways = [w for w in ("reduced", "primitive", "energy") if any(w in r for r in rows)]
+    ways = [w for w in ("reduced", "primitive", "reduced_skeleton", "primitive_skeleton", "energy")
+            if any(w in r for r in rows)]
     summary = {}
     for w in ways:
         ranks = [r[w].get("rank") for r in rows if w in r]

@@ -35,10 +35,13 @@ class Sample:
     error: str | None = None
     prompt: str | None = None  # the composition prompt it was decoded with (CSP)
     physics: dict | None = None  # energies, relaxation and ranks (crystalformer.physics), when computed
+    skeleton_log_p: float | None = None  # log p of the discrete tokens alone, when ranked by it (skeleton.py)
 
     def summary(self) -> dict:
         c = self.crystal
         out = {"log_likelihood": round(float(self.log_likelihood), 4), "error": self.error, "prompt": self.prompt}
+        if self.skeleton_log_p is not None:
+            out["skeleton_log_p"] = round(float(self.skeleton_log_p), 4)
         if c is not None:
             out.update(space_group=c.space_group, formula=c.formula, num_atoms=c.num_atoms,
                        wyckoff=c.wyckoff_sequence, text=c.to_text())
