@@ -12,7 +12,11 @@ from crystalformer.cli import main
 from crystalformer.defaults import resolve_model
 from crystalformer.model import load_model
 from crystalformer.sampling.api import Sample, predict_structure
-from crystalformer.sampling.skeleton import DISCRETE_PARTS, rank_by_skeleton, skeleton_log_p
+from crystalformer.sampling.skeleton import (
+    DISCRETE_PARTS,
+    rank_by_skeleton,
+    skeleton_log_p,
+)
 
 
 @pytest.fixture(scope="module")
