@@ -35,13 +35,13 @@ def check_checkpoint(path: str | Path) -> None:
 
 
 def fit_kwargs(trainer, resume_from: str | Path | None) -> dict:
-    """Keyword arguments for ``trainer.fit`` that resume from a checked checkpoint.
+    """Keyword arguments for ``trainer.fit`` resuming from ``resume_from``, which the caller has
+    passed through :func:`check_checkpoint` before any other work.
 
     Passes ``weights_only=True`` where the installed Lightning accepts it (2.5 and later).
     """
     if resume_from is None:
         return {"ckpt_path": None}
-    check_checkpoint(resume_from)
     kwargs: dict = {"ckpt_path": str(resume_from)}
     if "weights_only" in inspect.signature(trainer.fit).parameters:
         kwargs["weights_only"] = True

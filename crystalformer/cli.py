@@ -112,14 +112,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         overrides["accelerator"], overrides["devices"] = lightning_device(args.device)
     if args.resume:  # the run's own configs, with any overrides on top (e.g. --set max_epochs=80)
-        from .checkpoint import check_checkpoint
         from .train import load_run_configs
 
-        base_model, base_train = load_run_configs(args.out)
-        last = args.out / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise UsageError(f"--resume: {last} not found")
-        check_checkpoint(last)
+        base_model, base_train = load_run_configs(args.out)  # train() checks the checkpoint itself
     else:
         base_model, base_train = ModelConfig.from_name(args.preset), TrainConfig.from_name(args.preset)
     if args.init is not None:

@@ -115,6 +115,14 @@ class PrepareSummary:
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
+    @classmethod
+    def read(cls, out_dir) -> PrepareSummary | None:
+        """The summary stored in a prepared directory's meta.json (None when it holds none)."""
+        counts = (_read_meta(Path(out_dir)) or {}).get("counts")
+        if not isinstance(counts, dict) or not {"total", "kept", "skipped"} <= counts.keys():
+            return None
+        return cls(Path(out_dir), counts["total"], counts["kept"], counts["skipped"], reused=True)
+
     def line(self, name: str = "") -> str:
         """One line for a training log: kept of total, and what was skipped and why."""
         n_skipped = sum(self.skipped.values())

@@ -20,14 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from .data import (
-    PrepareConfig,
-    PreparedData,
-    PrepareSummary,
-    _read_meta,
-    load_prepared,
-    prepare,
-)
+from .data import PrepareConfig, PreparedData, PrepareSummary, load_prepared, prepare
 
 
 def _seed(*keys: int) -> int:
@@ -280,10 +273,9 @@ def as_prepared(inputs, cache_dir, config: PrepareConfig, progress: bool = True,
     for p in [inputs] if isinstance(inputs, (str, Path)) else inputs:
         p = Path(p)
         if (p / "meta.json").is_file():
-            counts = (_read_meta(p) or {}).get("counts") if announce else None
-            if isinstance(counts, dict) and {"total", "kept", "skipped"} <= counts.keys():
-                print(PrepareSummary(p, counts["total"], counts["kept"], counts["skipped"]).line(str(p)),
-                      file=sys.stderr)
+            summary = PrepareSummary.read(p) if announce else None
+            if summary is not None:
+                print(summary.line(str(p)), file=sys.stderr)
             out.append(p)
             continue
         key = hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:10]

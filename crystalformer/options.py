@@ -16,9 +16,10 @@ class ListAction(argparse.Action):
     """Collects repeated, comma-separated values into one flat list of stripped strings."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        items = list(getattr(namespace, self.dest, None) or [])
-        items += [v.strip() for v in str(values).split(",") if v.strip()]
-        setattr(namespace, self.dest, items)
+        new = [v.strip() for v in str(values).split(",") if v.strip()]
+        if not new:  # "--elements ," would otherwise mean "no restriction"
+            parser.error(f"argument {option_string}: {values!r} holds no value")
+        setattr(namespace, self.dest, list(getattr(namespace, self.dest, None) or []) + new)
 
 
 def words(values) -> list[str] | None:
@@ -40,12 +41,12 @@ def int_list(values, option: str, what: str = "whole numbers like 1,2,4", low: i
         numbers = [int(w) for w in items]
     except ValueError:
         raise UsageError(f"{option} {','.join(items)}: expected {what}") from None
-    bad = [n for n in numbers if (low is not None and n < low) or (high is not None and n > high)]
+    lo, hi = -float("inf") if low is None else low, float("inf") if high is None else high
+    bad = [n for n in numbers if not lo <= n <= hi]
     if bad:
         bound = f"{low}-{high}" if low is not None and high is not None else \
             (f">= {low}" if low is not None else f"<= {high}")
-        raise UsageError(f"{option} {','.join(items)}: {bad[0]} is not {bound}" if low is None or high is None
-                         else f"{option} {','.join(items)}: {bad[0]} is outside {bound}")
+        raise UsageError(f"{option} {','.join(items)}: {bad[0]} is not in {bound}")
     return numbers
 
 
@@ -90,8 +91,6 @@ def lightning_device(device: str | None) -> tuple[str, object]:
         return "auto", "auto"
     kind, _, index = device.partition(":")
     accelerator = {"cpu": "cpu", "cuda": "gpu", "mps": "mps"}.get(kind)
-    if accelerator is None:
-        raise UsageError(f"--device {device!r}: use cpu, cuda, cuda:N or mps")
-    if index and not index.isdigit():
+    if accelerator is None or (index and not index.isdigit()):
         raise UsageError(f"--device {device!r}: use cpu, cuda, cuda:N or mps")
     return accelerator, (f"{int(index)}," if index else "1")  # Lightning: "1," is device index 1, "1" one device

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import warnings
 
-# (message regex, category name) of warnings that say nothing the user can or should act on
+# message patterns of warnings that say nothing the user can or should act on
 KNOWN_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)",          # Lightning internal deprecation (torch >= 2.10)
     r".*is smaller than the logging interval",       # tiny data: fine, the epoch is logged anyway

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from crystalformer.textbook import TEXTBOOK
+
 
 def commands(reference: Path | None, physics: bool) -> list[tuple[str, str]]:
     """(label, shell command) in the order a newcomer meets them in the README."""
@@ -51,16 +53,14 @@ def _srtio3(folder: Path) -> None:
 
 
 def _known_rank(folder: Path, formula: str) -> int | None:
-    """Rank of the textbook structure of ``formula`` among the CIFs of a csp folder (None: absent)."""
+    """1-based rank of the textbook structure of ``formula`` among the CIFs of a csp folder (None: absent)."""
     from crystalformer.evaluation.csp import csp_matcher
     from crystalformer.io import to_structure
-    from crystalformer.textbook import TEXTBOOK
+    from crystalformer.textbook import textbook
 
-    known = next((t for t in TEXTBOOK if t.formula == formula), None)
-    if known is None:
-        return None
+    known = textbook(formula)
     matcher = csp_matcher()
-    for rank, path in enumerate(sorted(folder.glob("rank_*.cif"))):
+    for rank, path in enumerate(sorted(folder.glob("rank_*.cif")), 1):  # 1-based, as a person counts
         if matcher.fit(to_structure(path), known.structure()):
             return rank
     return None
@@ -86,13 +86,12 @@ def run(label: str, command: str, cwd: Path, timeout: float) -> dict:
     meets = re.search(r"\((\d+) meet ([^)]*)\)", out)
     if meets:
         notes.append(f"{meets.group(1)} meet {meets.group(2)}")
-    if label.startswith("csp") and code == 0:
-        formula = {"csp SrTiO3": "SrTiO3", "csp NaCl (primitive cell)": "NaCl", "csp LiFePO4 by energy": "LiFePO4"}
-        f = formula.get(label)
+    formula = command.split("--composition ")[1].split()[0] if "--composition " in command else None
+    if code == 0 and formula in {t.formula for t in TEXTBOOK}:
         folder = cwd / command.split("--out ")[1].split()[0]
-        rank = _known_rank(folder, f) if f else None
-        if f in ("SrTiO3", "NaCl"):
-            notes.append(f"textbook structure at rank {rank}" if rank is not None else "textbook structure not in 20")
+        rank = _known_rank(folder, formula)
+        notes.append(f"textbook structure at rank {rank}" if rank is not None else
+                     f"textbook structure not among the {row.get('written', '?')} written")
     if code not in (0, None):
         notes.append(err.strip().splitlines()[-1][:160] if err.strip() else "no message")
     row["notes"] = "; ".join(notes)

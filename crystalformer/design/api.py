@@ -124,14 +124,14 @@ def target_likelihood(property_models, targets):
 def _restricted_to_plausible(prior, log_likelihood):
     """log L(X) where X has plausible contacts, -inf elsewhere (what a chemist would discard)."""
     from ..errors import CrystalError
-    from ..sampling.output import structure_checks
+    from ..sampling.output import has_plausible_contacts
 
     def plausible(ids, values) -> bool:
         try:
             crystal = prior.tokenizer.decode(ids, values)
         except (CrystalError, ValueError):
             return False
-        return structure_checks(crystal)[1]["plausible_contacts"]
+        return has_plausible_contacts(crystal)
 
     def restricted(streams) -> np.ndarray:
         ok = np.array([plausible(ids, values) for ids, values in streams], dtype=bool)
@@ -157,6 +157,7 @@ def design(prior, property_models, targets, n: int = 100, steps: int = 100, move
     (proposals with closer atoms are rejected as outside its support; chains start inside it).
     """
     from ..sampling.api import Sample
+    from ..sampling.constraints import atom_counts
 
     t0 = time.time()
     targets = _as_targets(targets)
@@ -182,7 +183,7 @@ def design(prior, property_models, targets, n: int = 100, steps: int = 100, move
                                   .tolist())),
                 "space_groups": None if space_groups is None else sorted(int(s) for s in np.atleast_1d(space_groups)),
                 "elements": None if elements is None else sorted(elements), "seed": seed,
-                "atoms": None if atoms is None else sorted([atoms] if isinstance(atoms, int) else atoms),
+                "atoms": None if atoms is None else sorted(atom_counts(atoms)),
                 "plausible_contacts_only": plausible,
                 "sigma": {t.name: models[t.name].sigma for t in resolved}}
     result = DesignResult(samples, {k: v[order] for k, v in preds.items()}, log_t[order], met[order], chains,

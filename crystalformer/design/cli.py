@@ -129,9 +129,9 @@ def cmd_design(args) -> int:
     acc = ", ".join(f"{k} {v:.2f}" for k, v in s["acceptance"].items() if v is not None)
     print(f"designed {s['n']} crystals ({s['meeting_all_targets']} meet {', '.join(s['targets'])}); "
           f"acceptance {acc}; {counts['written']} CIFs in {args.out} ({s['wall_s']:.0f} s)")
-    from ..sampling.cli import _flag_line
+    from ..sampling.output import flag_line
 
-    print(_flag_line(counts))
+    print(flag_line(counts))
     if not args.relax:
         print(f"next: check the designs with the interatomic potential (pip install \"crystalformer[physics]\"): "
               f"crystalformer relax {args.out} --out {args.out}-relaxed")

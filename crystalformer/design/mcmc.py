@@ -173,8 +173,7 @@ def metropolis_hastings(model, log_likelihood, n_chains: int, steps: int, moves:
     if isinstance(space_groups, int):
         space_groups = [space_groups]
     constraint = Constraint(None if space_groups is None else frozenset(int(s) for s in space_groups),
-                            None if elements is None else frozenset(elements),
-                            atoms=None if atoms is None else frozenset([atoms] if isinstance(atoms, int) else atoms))
+                            None if elements is None else frozenset(elements), atoms=atoms)
     masks = ConstraintMasks.compile(constraint, model.grammar)
     grammar = model.grammar
     candidates = np.flatnonzero(masks.elements) if masks.elements is not None else np.asarray(grammar.element_ids)

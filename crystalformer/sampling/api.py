@@ -124,7 +124,7 @@ def sample_stream(model, n: int, space_groups=None, elements=None, site_elements
         space_groups=None if space_groups is None else frozenset(int(s) for s in space_groups),
         elements=None if elements is None else frozenset(elements),
         site_elements=tuple((int(i), frozenset(els)) for i, els in (site_elements or {}).items()),
-        atoms=None if atoms is None else frozenset([int(atoms)] if isinstance(atoms, int) else map(int, atoms)))
+        atoms=atoms)
     masks = ConstraintMasks.compile(constraint, model.grammar)
     options = DecodeOptions(temperature=temperature, top_p=top_p, smc=smc, kv_cache=kv_cache)
     constrained = space_groups is not None or elements is not None or bool(site_elements) or atoms is not None

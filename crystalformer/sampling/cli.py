@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from ..options import ListAction, int_list, words
-
 from ..physics.cli import (
     add_relax_options,
     check_physics,
@@ -31,11 +30,6 @@ def _load(args):
         return load_model(args.model, device=args.device)
     except FileNotFoundError as err:
         raise _usage(f"--model {err}") from None
-
-
-def _symbols(values) -> list[str] | None:
-    """Element symbols of a list option (repeated and/or comma-separated)."""
-    return words(values)
 
 
 def _space_groups(args) -> list[int] | None:
@@ -133,9 +127,8 @@ STREAM_CHUNK = 10_000  # crystals refined, relaxed and written at a time: memory
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .api import sample_stream
-    from .output import SampleWriter, check_output_dir
-
     from .constraints import parse_atoms
+    from .output import SampleWriter, check_output_dir, flag_line
 
     _check_output_options(args)
     atoms = None if args.atoms is None else parse_atoms(args.atoms)
@@ -144,9 +137,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = _load(args)
     t0 = time.time()
     shown, n_sampled = [], 0
-    with SampleWriter(args.out, args.overwrite, p1=args.p1, formats=args.format, filters=args.filter or ()) as writer:
+    with SampleWriter(args.out, args.overwrite, p1=args.p1, formats=args.format, filters=args.filter) as writer:
         for k, chunk in enumerate(_chunks(sample_stream(
-                model, args.n, space_groups=_space_groups(args), elements=_symbols(args.elements),
+                model, args.n, space_groups=_space_groups(args), elements=words(args.elements),
                 temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
                 smc=not args.no_smc, progress=not args.quiet, atoms=atoms), STREAM_CHUNK)):
             chunk = relax_and_report(args, _refine(args, chunk, part=k))
@@ -155,12 +148,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
             n_sampled += len(chunk)
         wall = time.time() - t0
         writer.meta = _meta(args, "sample", wall, space_groups=_space_groups(args),
-                            elements=_symbols(args.elements), atoms=None if atoms is None else sorted(atoms))
+                            elements=words(args.elements), atoms=None if atoms is None else sorted(atoms))
     counts = writer.counts
     _print_table(shown, total=n_sampled)
     print(f"{_written(counts, args)} in {args.out} ({n_sampled} sampled in {wall:.1f} s; "
           f"{counts['not_decoded'] + counts['not_built']} not buildable)")
-    print(_flag_line(counts))
+    print(flag_line(counts))
     _next_step(f"crystalformer evaluate generation --samples {args.out} --reference YOUR_TRAIN.csv --json "
                f"{Path(args.out) / 'eval.json'}" if not args.relax else
                f"open the files in {args.out}; energies per atom are in {Path(args.out) / 'samples.json'}")
@@ -168,14 +161,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _check_output_options(args) -> None:
-    """--format and --filter, checked before any work."""
+    """--format and --filter, checked (and normalised) before any work."""
     from ..formats import check_formats
-    from .output import FILTERS
+    from .output import check_filters
 
-    args.format = check_formats(args.format)
-    unknown = sorted(set(args.filter or ()) - set(FILTERS))
-    if unknown:
-        raise _usage(f"--filter {','.join(unknown)}: unknown; choose from {', '.join(FILTERS)}")
+    args.format, args.filter = check_formats(args.format), check_filters(args.filter)
 
 
 def _written(counts: dict, args) -> str:
@@ -184,23 +174,6 @@ def _written(counts: dict, args) -> str:
     if formats == ["cif"]:
         return f"{counts['written']} CIFs"
     return f"{counts['written']} crystals as {', '.join(formats)}"
-
-
-def _flag_line(counts: dict) -> str:
-    """What a person should know about the written crystals (the benchmark's 0.5 Å rule is not enough)."""
-    built = counts["written"] + counts.get("filtered", 0)
-    parts = [f"{counts['invalid_structure']} with atoms closer than 0.5 Å",
-             f"{counts['implausible_contacts']} with implausible contacts (< 0.7 x covalent radii)"]
-    if counts["charge_not_checked"]:
-        parts.append("charge balance not checked (pip install smact)")
-    else:
-        parts.append(f"{counts['not_charge_balanced']} not charge-balanced (SMACT)")
-    line = f"checks on {built} built: " + ", ".join(parts)
-    if counts.get("filtered"):
-        line += f"; {counts['filtered']} filtered out (listed in samples.json)"
-    elif counts["implausible_contacts"] or counts["not_charge_balanced"]:
-        line += "; --filter contacts,charge leaves them out"
-    return line
 
 
 def _next_step(text: str) -> None:
@@ -289,7 +262,7 @@ def _predict(args, model, formula, cell, seed):
 
 
 def _csp_one(args, model) -> int:
-    from .output import write_samples
+    from .output import flag_line, write_samples
 
     t0 = time.time()
     result = _predict(args, model, args.composition, args.cell, args.seed)
@@ -301,7 +274,7 @@ def _csp_one(args, model) -> int:
     counts = write_samples(result.samples, args.out, overwrite=args.overwrite, p1=args.p1, names=names, extra=extra,
                            meta=_meta(args, "csp", wall, composition=args.composition, cell=args.cell,
                                       log_evidence=result.log_evidence), formats=args.format,
-                           filters=args.filter or ())
+                           filters=args.filter)
     _print_table(result.samples)
     if args.rank == "energy" and report_ranking(args._rank_stats):
         print(report_ranking(args._rank_stats))
@@ -313,7 +286,7 @@ def _csp_one(args, model) -> int:
            "energy": f"energy per atom ({args.relax_top} lowest of {max(args.candidates, args.n)} candidates "
                      "relaxed, duplicates removed)"}[args.rank]
     print(f"{_written(counts, args)} in {args.out}, ranked by {how} ({wall:.1f} s)")
-    print(_flag_line(counts))
+    print(flag_line(counts))
     if args.rank != "energy":
         _next_step(f"rank by energy instead (relaxes the best candidates; pip install \"crystalformer[physics]\"): "
                    f"crystalformer csp --composition {args.composition} --rank energy --out {args.out}-energy")
@@ -326,7 +299,7 @@ def _csp_targets(args, model) -> int:
 
     from ..errors import CrystalError
     from ..io import read_csv_records, structure_from_cif
-    from .output import write_samples
+    from .output import flag_line, write_samples
 
     if not args.targets.is_file():
         raise _usage(f"--targets {args.targets}: file not found")
@@ -350,10 +323,10 @@ def _csp_targets(args, model) -> int:
     wall = time.time() - t0
     counts = write_samples(samples, args.out, overwrite=args.overwrite, p1=args.p1, names=names, extra=extra,
                            meta=_meta(args, "csp --targets", wall, targets=str(args.targets), skipped=skipped,
-                                      num_targets=len(records)), formats=args.format, filters=args.filter or ())
+                                      num_targets=len(records)), formats=args.format, filters=args.filter)
     print(f"{len(records) - len(skipped)} of {len(records)} targets, {_written(counts, args)} in {args.out} "
           f"({wall:.1f} s)")
-    print(_flag_line(counts))
+    print(flag_line(counts))
     for s in skipped:
         print(f"skipped {s['material_id']}: {s['reason']}")
     if args.rank == "energy" and report_ranking(args._rank_stats):
@@ -364,11 +337,8 @@ def _csp_targets(args, model) -> int:
 
 
 def cmd_infill(args: argparse.Namespace) -> int:
-    from ..crystal import Crystal
-    from ..errors import CrystalError
-    from ..io import to_structure
-    from .output import check_output_dir, write_samples
-    from .substitution import infill
+    from .output import check_output_dir, flag_line, write_samples
+    from .substitution import infill, load_template
 
     if (args.sites is None) == (args.element is None):
         raise _usage("infill needs exactly one of --sites I,J,... or --element SYMBOL")
@@ -378,16 +348,13 @@ def cmd_infill(args: argparse.Namespace) -> int:
     check_output_dir(args.out, args.overwrite)
     check_physics(args, args.relax)
     model = _load(args)
-    try:
-        template = Crystal.from_structure(to_structure(str(args.template)))
-    except CrystalError as err:
-        raise _usage(str(err) if str(args.template) in str(err) else f"--template {args.template}: {err}") from None
+    template = load_template(args.template)  # a CrystalError names the file: one line, exit 2
     if args.element:
         sites = args.element
     else:
         sites = int_list(args.sites, "--sites", "site indices like 0,2 (the template's site list); to replace "
                          "every site of one element use --element SYMBOL")
-    allowed = _symbols(args.allow)
+    allowed = words(args.allow)
     ties = {}
     for item in args.tie or []:
         a, sep, b = item.partition("=")
@@ -411,9 +378,9 @@ def cmd_infill(args: argparse.Namespace) -> int:
                                                                                range(len(samples))], extra=extra,
                            meta={"command": "infill", "template": str(args.template), "method": result.method,
                                  "refiner": None if args.refine is None else str(args.refine),
-                                 "wall_s": round(wall, 2)}, formats=args.format, filters=args.filter or ())
+                                 "wall_s": round(wall, 2)}, formats=args.format, filters=args.filter)
     print(f"{_written(counts, args)} in {args.out} ({wall:.1f} s)")
-    print(_flag_line(counts))
+    print(flag_line(counts))
     if not args.relax:
         _next_step(f"relax the substituted crystals (pip install \"crystalformer[physics]\"): crystalformer relax "
                    f"{args.out} --out {args.out}-relaxed")

@@ -37,6 +37,7 @@ class Constraint:
     """Allowed numbers of atoms in the conventional cell (the sum of the sites' multiplicities)."""
 
     def __post_init__(self):
+        object.__setattr__(self, "atoms", atom_counts(self.atoms))  # an int or any iterable of counts
         if self.atoms is not None:
             if not self.atoms or any(int(n) < 1 for n in self.atoms):
                 raise ValueError(f"atom counts must be a non-empty set of whole numbers >= 1, got {sorted(self.atoms)}")
@@ -111,6 +112,13 @@ class ConstraintMasks:
             mask[tid] = any(a == after or (a > after and min_sites(state.sg, start, (a - after,)) <= budget)
                             for a in self.atoms)
         return mask
+
+
+def atom_counts(atoms) -> frozenset[int] | None:
+    """Allowed atom counts as a frozenset: from None, one int, or any iterable of ints."""
+    if atoms is None:
+        return None
+    return frozenset([int(atoms)] if isinstance(atoms, (int, np.integer)) else map(int, atoms))
 
 
 def _atoms_text(atoms) -> str:

@@ -44,15 +44,7 @@ def structure_checks(crystal) -> tuple[object | None, dict]:
         flags["error"] = f"structure: {err}"
         return None, flags
     flags["built"] = True
-    radii = np.array([_covalent_radius(site.specie.symbol) for site in structure])
-    shortest_period = float(min(structure.lattice.abc))  # an atom and its own image
-    if len(structure) > 1:
-        d = structure.distance_matrix
-        iu = np.triu_indices(len(structure), 1)
-        dmin = float(min(np.min(d[iu]), shortest_period))
-        ratio = float(min(np.min(d[iu] / (radii[iu[0]] + radii[iu[1]])), shortest_period / (2 * radii.max())))
-    else:
-        dmin, ratio = shortest_period, shortest_period / (2 * float(radii[0]))
+    dmin, ratio = contact_stats(structure)
     flags["min_distance"] = round(dmin, 4)
     flags["contact_ratio"] = round(ratio, 3)
     flags["valid_structure"] = bool(dmin >= MIN_DISTANCE and structure.volume >= MIN_VOLUME)
@@ -61,6 +53,34 @@ def structure_checks(crystal) -> tuple[object | None, dict]:
     return structure, flags
 
 
+def contact_stats(structure) -> tuple[float, float]:
+    """(closest distance in Å, closest distance over the sum of the two atoms' covalent radii).
+
+    Pairs use the minimum image; an atom and its own image count at the shortest cell length.
+    """
+    radii = np.array([_covalent_radius(site.specie.symbol) for site in structure])
+    shortest_period = float(min(structure.lattice.abc))
+    self_ratio = shortest_period / (2 * float(radii.max()))
+    if len(structure) == 1:
+        return shortest_period, self_ratio
+    d = structure.distance_matrix
+    iu = np.triu_indices(len(structure), 1)
+    dmin = float(min(np.min(d[iu]), shortest_period))
+    return dmin, float(min(np.min(d[iu] / (radii[iu[0]] + radii[iu[1]])), self_ratio))
+
+
+def has_plausible_contacts(crystal) -> bool:
+    """The crystal builds, its volume is positive and no two atoms are closer than
+    :data:`CONTACT_RATIO` x the sum of their covalent radii (no charge-balance work)."""
+    try:
+        structure = crystal.to_structure()
+    except (ValueError, ArithmeticError):
+        return False
+    dmin, ratio = contact_stats(structure)
+    return dmin >= MIN_DISTANCE and structure.volume >= MIN_VOLUME and ratio >= CONTACT_RATIO
+
+
+@functools.lru_cache(maxsize=None)
 def _covalent_radius(symbol: str) -> float:
     from pymatgen.analysis.molecule_structure_comparator import CovalentRadius
     from pymatgen.core import Element
@@ -83,6 +103,31 @@ def charge_balanced(formula: str) -> bool | None:
     from ..evaluation.validity import smact_validity
 
     return bool(smact_validity(Composition(formula)))
+
+
+def flag_line(counts: dict) -> str:
+    """What a person should know about the written crystals (the benchmark's 0.5 Å rule is not enough)."""
+    built = counts["written"] + counts.get("filtered", 0)
+    parts = [f"{counts['invalid_structure']} with atoms closer than {MIN_DISTANCE} Å",
+             f"{counts['implausible_contacts']} with implausible contacts (< {CONTACT_RATIO} x covalent radii)"]
+    if counts["charge_not_checked"]:
+        parts.append("charge balance not checked (pip install smact)")
+    else:
+        parts.append(f"{counts['not_charge_balanced']} not charge-balanced (SMACT)")
+    line = f"checks on {built} built: " + ", ".join(parts)
+    if counts.get("filtered"):
+        line += f"; {counts['filtered']} filtered out (listed in samples.json)"
+    elif counts["implausible_contacts"] or counts["not_charge_balanced"]:
+        line += "; --filter contacts,charge leaves them out"
+    return line
+
+
+def check_filters(filters) -> tuple[str, ...]:
+    """``--filter`` values, known ones only (a ValueError naming the others)."""
+    unknown = sorted(set(filters or ()) - set(FILTERS))
+    if unknown:
+        raise ValueError(f"--filter {','.join(unknown)}: unknown; choose from {', '.join(FILTERS)}")
+    return tuple(filters or ())
 
 
 def filter_reason(flags: dict, filters) -> str | None:
@@ -109,10 +154,6 @@ def write_samples(samples, out, overwrite: bool = False, names: list[str] | None
     format and crystal. ``filters``: any of :data:`FILTERS`; a sample that fails one gets no file
     and its row says why (it is counted, never silently dropped). Returns counts by outcome.
     """
-    if names is not None and (len(names) != len(samples) or len(set(names)) != len(names)):
-        raise ValueError("names must be unique, one per sample")
-    if extra is not None and len(extra) != len(samples):
-        raise ValueError("extra needs one mapping per sample")
     with SampleWriter(out, overwrite, meta, p1, formats, filters) as writer:
         writer.add(samples, names, extra)
     return writer.counts
@@ -135,10 +176,7 @@ class SampleWriter:
         from ..formats import check_formats
 
         self.formats = check_formats(formats)
-        unknown = sorted(set(filters or ()) - set(FILTERS))
-        if unknown:
-            raise ValueError(f"--filter {','.join(unknown)}: unknown; choose from {', '.join(FILTERS)}")
-        self.filters = tuple(filters or ())
+        self.filters = check_filters(filters)
         self.out = check_output_dir(out, overwrite)
         self.meta, self.p1 = dict(meta or {}), p1
         self.counts = {"written": 0, "not_decoded": 0, "not_built": 0, "invalid_structure": 0,
@@ -157,6 +195,8 @@ class SampleWriter:
         names = names or [f"sample_{self.n + i:05d}" for i in range(len(samples))]
         if len(names) != len(samples) or self._names.intersection(names) or len(set(names)) != len(names):
             raise ValueError("names must be unique, one per sample")
+        if extra is not None and len(extra) != len(samples):
+            raise ValueError("extra needs one mapping per sample")
         self._names.update(names)
         for k, (s, name) in enumerate(zip(samples, names)):
             structure, flags = structure_checks(s.crystal)

@@ -50,7 +50,8 @@ class InfillResult:
         return "\n".join(lines)
 
 
-def _template(template) -> Crystal:
+def load_template(template) -> Crystal:
+    """A template as a Crystal: a Crystal, a structure, CIF text or a file path; errors name the file."""
     if isinstance(template, Crystal):
         return template
     from ..io import to_structure
@@ -174,7 +175,7 @@ def infill(model, template, sites, allowed=None, ties=None, n: int = 10, sweeps:
     """
     from ..tokenizer import element_symbols
 
-    template = _template(template)
+    template = load_template(template)
     n_max = model.config.n_max
     if len(template.sites) > n_max:
         raise ValueError(f"the template has {len(template.sites)} symmetry-distinct (Wyckoff) sites; this model "
