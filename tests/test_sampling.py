@@ -167,12 +167,7 @@ def _structural_only(grammar):
 
 
 def _decode_with(model, grammar, prefixes, masks, generator):
-    saved = model.grammar
-    model.grammar = grammar
-    try:
-        return decode(model, prefixes, [masks] * len(prefixes), DecodeOptions(smc=False), generator)
-    finally:
-        model.grammar = saved
+    return decode(model, prefixes, [masks] * len(prefixes), DecodeOptions(smc=False), generator, grammar=grammar)
 
 
 def _normalized(log_w):
@@ -270,3 +265,66 @@ def test_atom_counts_are_checked_before_sampling(model):
             parse_atoms(bad)
     with pytest.raises(ValueError, match="holds 1000 atoms"):
         sample(model, 2, atoms=1000)  # n_max=6 sites cannot hold 1000 atoms in any group
+
+
+# ---------------------------------------------------------------------- the one decoding kernel
+def test_finished_streams_leave_the_batch(model):
+    """Rows whose stream has ended stop costing network work: the batch shrinks as streams finish."""
+    sizes = []
+    hidden = model.hidden
+
+    def counting(ids, *args, **kwargs):
+        sizes.append(ids.shape[0])
+        return hidden(ids, *args, **kwargs)
+
+    model.hidden = counting
+    try:
+        d = decode(model, [[model.grammar.bos]] * 64, ConstraintMasks.compile(Constraint(), model.grammar),
+                   DecodeOptions(smc=False), torch.Generator().manual_seed(0))
+    finally:
+        del model.hidden
+    lengths = sorted(len(i) for i in d.ids)
+    assert lengths[0] < lengths[-1]  # streams of different lengths
+    assert sizes[0] == 64 and sizes[-1] < 64 and sizes == sorted(sizes, reverse=True)
+    # every token but [BOS] (read first) and [EOS] (never read) is fed back once; finished rows
+    # ride along only until a quarter of the batch has finished (then they are dropped)
+    needed = sum(n - 2 for n in lengths)
+    assert needed <= sum(sizes[1:]) <= needed / 0.75 + 64
+
+
+def test_records_are_the_model_log_probability_per_position(model):
+    """Per-position records of decoded streams sum to ``model.log_prob`` (an independent teacher-forced pass)."""
+    masks = ConstraintMasks.compile(Constraint(), model.grammar)
+    d = decode(model, [[model.grammar.bos]] * 12, masks, DecodeOptions(smc=False), torch.Generator().manual_seed(5),
+               records=True)
+    crystals = [model.tokenizer.decode(i, v) for i, v in zip(d.ids, d.values)]
+    want = model.log_prob(crystals).total.numpy()
+    got = np.array([p.sum() for p in d.log_p])
+    assert np.allclose(got, d.log_likelihood) and np.allclose(got, want, atol=1e-3)
+    assert all(len(p) == len(i) and p[0] == 0.0 for p, i in zip(d.log_p, d.ids))
+    assert all(np.allclose(z, 0.0, atol=1e-5) for z in d.log_z)  # no constraint: the masks remove no mass
+
+
+def test_teacher_forced_prefix_is_kept_and_the_rest_drawn(model):
+    masks = ConstraintMasks.compile(Constraint(), model.grammar)
+    full = decode(model, [[model.grammar.bos]] * 4, masks, DecodeOptions(smc=False), torch.Generator().manual_seed(1),
+                  records=True)
+    cut = [(full.ids[i][1:6], full.values[i][1:6]) for i in range(4)]
+    again = decode(model, [[model.grammar.bos]] * 4, masks, DecodeOptions(smc=False),
+                   torch.Generator().manual_seed(9), forced=cut, records=True)
+    for i in range(4):
+        assert again.ids[i][:6] == full.ids[i][:6]
+        assert np.allclose(again.log_p[i][:6], full.log_p[i][:6], atol=1e-5)
+        model.grammar.check(again.ids[i])
+    with pytest.raises(ValueError, match="smc=False"):
+        decode(model, [[model.grammar.bos]], masks, DecodeOptions(), torch.Generator(), forced=cut[:1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sampling_and_csp_run_on_cuda_with_a_device_generator(model):
+    cuda = _model(boost=(("[STOP]", 2.0),)).cuda()
+    s = sample(cuda, 16, seed=0, space_groups=[225])
+    assert all(x.crystal is not None and x.crystal.space_group == 225 for x in s.samples)
+    assert len(predict_structure(cuda, "NaCl", n=4, seed=0)) == 4
+

@@ -87,7 +87,7 @@ def finetune(prior, log_likelihood, config: FinetuneConfig | None = None, space_
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator(device=policy.device).manual_seed(config.seed)
     history = []
     steps = range(config.steps)
     if progress:

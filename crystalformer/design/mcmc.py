@@ -177,7 +177,7 @@ def metropolis_hastings(model, log_likelihood, n_chains: int, steps: int, moves:
     masks = ConstraintMasks.compile(constraint, model.grammar)
     grammar = model.grammar
     candidates = np.flatnonzero(masks.elements) if masks.elements is not None else np.asarray(grammar.element_ids)
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator(device=model.device).manual_seed(int(seed))
     rng = np.random.default_rng(int(seed))
     state, ll = _initial(model, n_chains, masks, log_likelihood, generator)
     best = ll.copy()

@@ -29,7 +29,7 @@ import torch
 from ..grammar import Phase
 from ..model.crystalformer import DISCRETE_SLOTS
 from ..sampling.constraints import ConstraintMasks
-from ..sampling.decoder import _Forward, fitting_grammar
+from ..sampling.decoder import DecodeOptions, decode, fitting_grammar
 from ..tokenizer import Slot
 
 CHOICE_PHASES = (Phase.AFTER_BOS, Phase.SPACE_GROUP, Phase.SITE, Phase.ELEMENT)
@@ -58,102 +58,23 @@ class Streams:
                        [self.log_p[i] for i in index], [self.log_w[i] for i in index])
 
 
-@torch.no_grad()
 def decode_after(model, prefixes: list[tuple[list[int], list[float]]], masks: ConstraintMasks,
                  generator: torch.Generator) -> Streams:
     """Keep each prefix (ids, values; [BOS] first) and draw the rest of the stream from the masked prior.
 
-    All streams advance together with the KV cache; a stream still inside its prefix is teacher-forced
-    (its terms are scored, nothing is drawn), so prefixes of different lengths share one batch. A
-    prefix that is a whole stream (ending in [EOS]) is only scored.
+    One call of the decoding kernel (:func:`crystalformer.sampling.decoder.decode`): a stream still
+    inside its prefix is teacher-forced (its terms are scored, nothing is drawn), so prefixes of
+    different lengths share one batch. A prefix that is a whole stream (ending in [EOS]) is only scored.
     """
-    grammar = model.grammar
-    fitting = fitting_grammar(model, 1)
-    N, device = len(prefixes), model.device
-    if N == 0:
+    bos = model.grammar.bos
+    if not prefixes:
         raise ValueError("decode_after needs at least one prefix")
-    if any(not p[0] or p[0][0] != grammar.bos for p in prefixes):
+    if any(not p[0] or p[0][0] != bos for p in prefixes):
         raise ValueError("every prefix must start with [BOS]")
-    slot_of = model.tables.slot.cpu().numpy()
-    states = [grammar.step(grammar.start(), grammar.bos) for _ in range(N)]
-    ids = [[grammar.bos] for _ in range(N)]
-    values = [[0.0] for _ in range(N)]
-    log_p = [[0.0] for _ in range(N)]
-    log_w = [[0.0] for _ in range(N)]
-    forward = _Forward(model, N, kv_cache=True)
-    first = torch.full((N, 1), grammar.bos, dtype=torch.long, device=device)  # (N, 1)
-    h = forward(first, torch.zeros((N, 1), device=device), torch.full((N, 1), int(Slot.BOS), device=device))
-    t = 1
-    while not all(s.phase == Phase.DONE for s in states):
-        if forward.length >= model.config.max_len:
-            raise RuntimeError(f"decoding reached max_len={model.config.max_len} before [EOS]")
-        forced = np.array([t < len(p[0]) for p in prefixes])
-        tokens, vals, ll, lw = _step(model, fitting, h, states, masks, forced,
-                                     [p[0][t] if t < len(p[0]) else 0 for p in prefixes],
-                                     [p[1][t] if t < len(p[1]) else 0.0 for p in prefixes], slot_of, generator)
-        for i in range(N):
-            if states[i].phase != Phase.DONE:
-                ids[i].append(int(tokens[i]))
-                values[i].append(float(vals[i]))
-                log_p[i].append(float(ll[i]))
-                log_w[i].append(float(lw[i]))
-            states[i] = grammar.step(states[i], int(tokens[i]))
-        tt = torch.as_tensor(tokens, device=device)[:, None]  # (N, 1)
-        vv = torch.as_tensor(vals, dtype=torch.float32, device=device)[:, None]  # (N, 1)
-        h = forward(tt, vv, model.tables.slot[tt])
-        t += 1
-    return Streams(ids, values, [np.asarray(a) for a in log_p], [np.asarray(a) for a in log_w])
-
-
-def _step(model, fitting, h: torch.Tensor, states, masks: ConstraintMasks, forced: np.ndarray, forced_ids,
-          forced_values, slot_of: np.ndarray, generator: torch.Generator):
-    """Token, value, log p term and log Z term of the next position of every stream."""
-    grammar, N = model.grammar, len(states)
-    structural = np.stack([grammar.structural(s) for s in states])  # (N, V)
-    structural[:, model.comp_id] = False
-    allowed = np.stack([masks.apply(fitting.allowed(s), s) for s in states])  # (N, V)
-    allowed[:, model.comp_id] = False
-    tokens = np.zeros(N, dtype=np.int64)
-    vals = np.zeros(N)
-    ll, lw = np.zeros(N), np.zeros(N)
-    choice = np.array([s.phase in CHOICE_PHASES for s in states])
-    done = np.array([s.phase == Phase.DONE for s in states])
-    fixed = ~choice  # exactly one legal token (forced axis / lattice token, [EOS], padding)
-    tokens[fixed] = structural[fixed].argmax(1)
-    tokens[forced & ~done] = np.asarray(forced_ids)[forced & ~done]
-    rows = np.flatnonzero(choice)
-    if rows.size:
-        r = torch.as_tensor(rows, device=h.device)
-        logits = model.token_head(h[r]).float()  # (n, V)
-        struct_t = torch.as_tensor(structural[rows], device=logits.device)
-        allow = allowed[rows]
-        dead = ~allow.any(1)
-        allow[dead] = structural[rows][dead]  # decoding goes on; the weight is zero
-        allow_t = torch.as_tensor(allow, device=logits.device)
-        log_q = torch.log_softmax(logits.masked_fill(~struct_t, float("-inf")), -1)  # (n, V)
-        kept = torch.logsumexp(log_q.masked_fill(~allow_t, float("-inf")), -1).cpu().numpy()  # (n,)
-        free = ~forced[rows]
-        if free.any():
-            f = torch.as_tensor(np.flatnonzero(free), device=h.device)
-            drawn = model.token_distribution(h[r][f], allow_t[f]).sample(generator)  # (m,)
-            tokens[rows[free]] = drawn.cpu().numpy()
-        chosen = torch.as_tensor(tokens[rows], device=logits.device)
-        ll[rows] = log_q.gather(-1, chosen[:, None]).squeeze(-1).cpu().numpy()
-        inside = allowed[rows][np.arange(rows.size), tokens[rows]] & ~dead
-        lw[rows] = np.where(inside, kept, -np.inf)
-    for slot, make in ((Slot.COORD, model.coord_distribution), (Slot.LATTICE, model.lattice_distribution)):
-        rows = np.flatnonzero(~done & (slot_of[tokens] == slot))
-        if rows.size:
-            r = torch.as_tensor(rows, device=h.device)
-            dist = make(h[r], torch.as_tensor(tokens[rows], device=h.device))
-            x = torch.as_tensor(np.asarray(forced_values, dtype=np.float64)[rows], dtype=torch.float32,
-                                device=h.device)
-            free = torch.as_tensor(~forced[rows], device=h.device)
-            if bool(free.any()):
-                x = torch.where(free, dist.sample(generator).float(), x)
-            vals[rows] = x.cpu().numpy()
-            ll[rows] = dist.log_prob(x).cpu().numpy()
-    return tokens, vals, ll, lw
+    decoded = decode(model, [[bos]] * len(prefixes), masks, DecodeOptions(smc=False), generator,
+                     grammar=fitting_grammar(model, 1), forced=[(list(p[0][1:]), list(p[1][1:])) for p in prefixes],
+                     records=True)
+    return Streams(decoded.ids, decoded.values, decoded.log_p, decoded.log_z)
 
 
 def stream_masks(model, ids, masks: ConstraintMasks) -> tuple[np.ndarray, np.ndarray]:

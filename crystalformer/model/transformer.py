@@ -19,22 +19,55 @@ from ..config import ModelConfig
 
 @dataclass
 class KVCache:
-    """Per-layer keys and values (B, nh, max_len, hs) and the number of positions filled."""
+    """Per-layer keys and values (B, nh, capacity, hs), the number of positions filled and the model's max_len.
+
+    The capacity grows (doubling, at most ``max_len``) as positions are appended, so a batch of
+    short streams never holds memory for ``max_len`` positions.
+    """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     length: int = 0
+    max_len: int = 0
 
     @classmethod
-    def empty(cls, config: ModelConfig, batch: int, device=None, dtype=torch.float32) -> KVCache:
+    def empty(cls, config: ModelConfig, batch: int, device=None, dtype=torch.float32, capacity: int = 64) -> KVCache:
         hs = config.d_model // config.n_head
-        shape = (batch, config.n_head, config.max_len, hs)
+        shape = (batch, config.n_head, min(capacity, config.max_len), hs)
         return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
-                   [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)])
+                   [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)], 0, config.max_len)
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    def reserve(self, new: int) -> None:
+        """Make room for ``new`` more positions (raises past ``max_len``)."""
+        need = self.length + new
+        if need > self.max_len:
+            raise ValueError(f"sequence of {need} tokens exceeds the model's max_len {self.max_len}")
+        if need <= self.capacity:
+            return
+        size = min(self.max_len, max(need, 2 * self.capacity))
+        for store in (self.keys, self.values):
+            for i, old in enumerate(store):
+                grown = old.new_zeros(old.shape[:2] + (size,) + old.shape[3:])  # (B, nh, size, hs)
+                grown[:, :, :self.length] = old[:, :, :self.length]
+                store[i] = grown
 
     def select(self, index: torch.Tensor) -> KVCache:
-        """The cache of the sequences ``index`` (resampling of particles, dropping finished ones)."""
-        return KVCache([k[index] for k in self.keys], [v[index] for v in self.values], self.length)
+        """The cache of the sequences ``index`` (resampling of particles, dropping finished ones).
+
+        Only the filled positions are copied.
+        """
+        n = self.length
+
+        def take(x: torch.Tensor) -> torch.Tensor:
+            out = x.new_zeros((len(index),) + x.shape[1:])  # (B', nh, capacity, hs)
+            out[:, :, :n] = x[index, :, :n]
+            return out
+
+        return KVCache([take(k) for k in self.keys], [take(v) for v in self.values], n, self.max_len)
 
 
 class CausalSelfAttention(nn.Module):
@@ -57,16 +90,15 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)  # (B, nh, T, hs)
         else:
             start = cache.length
-            if start + T > cache.keys[layer].shape[2]:
-                raise ValueError(f"sequence of {start + T} tokens exceeds the model's max_len "
-                                 f"{cache.keys[layer].shape[2]}")
             cache.keys[layer][:, :, start:start + T] = k.to(cache.keys[layer].dtype)
             cache.values[layer][:, :, start:start + T] = v.to(cache.values[layer].dtype)
             k_all = cache.keys[layer][:, :, :start + T].to(q.dtype)  # (B, nh, start + T, hs)
             v_all = cache.values[layer][:, :, :start + T].to(q.dtype)  # (B, nh, start + T, hs)
-            # new position i (absolute start + i) sees keys 0 .. start + i
-            allowed = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)  # (T, S)
-            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=allowed)  # (B, nh, T, hs)
+            if T == 1:  # one new position sees every key: no mask, so the fused kernels apply
+                y = F.scaled_dot_product_attention(q, k_all, v_all)  # (B, nh, 1, hs)
+            else:  # new position i (absolute start + i) sees keys 0 .. start + i
+                allowed = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)  # (T, S)
+                y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=allowed)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return F.dropout(self.proj(y), dropout, self.training)
 
@@ -94,6 +126,8 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.d_model)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        if cache is not None:
+            cache.reserve(x.shape[1])
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         if cache is not None:

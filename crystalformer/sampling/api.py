@@ -67,8 +67,9 @@ class SampleSet:
         return len(self.samples)
 
 
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed))
+def generator_for(model, seed: int) -> torch.Generator:
+    """A seeded random generator on the model's device (CUDA sampling needs a CUDA generator)."""
+    return torch.Generator(device=model.device).manual_seed(int(seed))
 
 
 def _to_samples(model, decoded, prompts=None) -> list[Sample]:
@@ -130,7 +131,7 @@ def sample_stream(model, n: int, space_groups=None, elements=None, site_elements
     constrained = space_groups is not None or elements is not None or bool(site_elements) or atoms is not None
     # with constraints, decode twice as many particles and draw the batch from their weights
     oversample = 2 if constrained and smc else 1
-    generator = _generator(seed)
+    generator = generator_for(model, seed)
     for start in _batches(n, batch_size, progress, "sample"):
         size = min(batch_size, n - start)
         decoded = decode(model, [[model.grammar.bos]] * (oversample * size), [masks] * (oversample * size), options,
@@ -167,7 +168,7 @@ def predict_structure(model, composition, n: int = 20, cell: str = "reduced", fo
     masks_of = {b: ConstraintMasks.compile(Constraint(space_groups=b.space_groups), grammar) for b in branches}
     prefixes = [b.prompt_ids(grammar) for b in assigned]
     options = DecodeOptions(temperature=temperature, top_p=top_p, smc=smc)
-    generator = _generator(seed)
+    generator = generator_for(model, seed)
     decoded = decode(model, prefixes, [masks_of[b] for b in assigned], options, generator)
     prompts = [assigned[a].formula for a in decoded.ancestors]
     samples = _to_samples(model, decoded, prompts)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..grammar import GrammarState, Phase
+from ..model.distributions import _nucleus
 from ..model.transformer import KVCache
 from ..tokenizer import Slot
 from .constraints import ConstraintMasks
@@ -59,74 +60,192 @@ class Decoded:
     log_evidence: float  # log of the estimated mass of q on constraint-satisfying streams
     resamples: int
     ancestors: np.ndarray  # (N,) original particle of each returned one (for branch bookkeeping)
+    log_p: list[np.ndarray] | None = None  # with records: per position, log q term (0 on the prompt, forced tokens)
+    log_z: list[np.ndarray] | None = None  # with records: per position, log Z_t kept by the masks (-inf: outside)
 
 
 def systematic_resample(log_w: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:
     """n indices drawn by systematic resampling from normalized weights exp(log_w)."""
     w = np.exp(log_w - np.max(log_w))
     w /= w.sum()
-    u = (float(torch.rand((), generator=generator, dtype=torch.float64)) + np.arange(n)) / n
+    u = (float(torch.rand((), generator=generator, dtype=torch.float64, device=generator.device)) + np.arange(n)) / n
     return np.minimum(np.searchsorted(np.cumsum(w), u, side="right"), len(w) - 1)
 
 
+CHOICE_PHASES = frozenset((Phase.AFTER_BOS, Phase.SPACE_GROUP, Phase.SITE, Phase.ELEMENT))
+COMPACT_FRACTION = 0.75  # finished rows leave the batch once at most this fraction of its rows is live
+
+
+class MaskTable:
+    """Boolean masks (V,) as rows of one device tensor, one row per distinct key.
+
+    Masks depend on a grammar state (and the constraint), and a batch of particles shares few
+    distinct states, so each step looks rows up by index (one small upload of new rows, no
+    N x V tensor built on the host per step). ``live[r]`` says whether row r allows any token.
+    """
+
+    def __init__(self, V: int, device: torch.device, capacity: int = 256):
+        self.index: dict = {}
+        self.table = torch.zeros((capacity, V), dtype=torch.bool, device=device)  # (capacity, V)
+        self.live: list[bool] = []
+
+    def rows(self, keys: list, make) -> np.ndarray:
+        """Row of each key; ``make(key)`` builds the (V,) mask of a key not seen before."""
+        out = np.empty(len(keys), dtype=np.int64)
+        new = []
+        for k, key in enumerate(keys):
+            r = self.index.get(key)
+            if r is None:
+                r = self.index[key] = len(self.live) + len(new)
+                new.append(make(key))
+            out[k] = r
+        if new:
+            n, rows = len(self.live), np.stack(new)  # (m, V)
+            if n + len(new) > self.table.shape[0]:
+                grown = self.table.new_zeros((max(2 * self.table.shape[0], n + len(new)), self.table.shape[1]))
+                grown[:n] = self.table[:n]
+                self.table = grown
+            self.table[n:n + len(new)] = torch.from_numpy(rows).to(self.table.device)
+            self.live += rows.any(1).tolist()
+        return out
+
+
 @torch.no_grad()
-def decode(model, prefixes: list[list[int]], masks: list[ConstraintMasks], options: DecodeOptions,
-           generator: torch.Generator) -> Decoded:
+def decode(model, prefixes: list[list[int]], masks: ConstraintMasks | list[ConstraintMasks], options: DecodeOptions, generator: torch.Generator, *,
+           grammar=None, forced: list[tuple[list[int], list[float]]] | None = None, records: bool = False) -> Decoded:
     """Complete every prefix (e.g. ``[BOS]`` or ``[BOS] [COMP] ... [/COMP]``) to a stream ending in [EOS].
 
-    All prefixes must have the same length; ``masks[i]`` constrains particle i.
+    The one decoding kernel behind sampling, CSP, infill and design.
+
+    - ``prefixes``: prompts of one length, read in one forward pass and not scored.
+    - ``masks``: one :class:`ConstraintMasks` for all particles or one per particle.
+    - ``grammar``: the proposal grammar (legal tokens with composition counts); default the
+      model's grammar with an ``n_max`` that fits ``max_len`` after the prompt (:func:`fitting_grammar`).
+      ``log q`` always uses the model's structural masks.
+    - ``forced``: per particle, tokens and values that follow the prompt and are teacher-forced
+      (scored, not drawn); decoding draws the rest. Needs ``smc=False`` at temperature 1.
+    - ``records``: also return per-position ``log_p`` and ``log_z`` (see :class:`Decoded`).
+
+    Finished particles leave the batch (their cache rows are dropped once enough have
+    finished); logits are computed once per step; masks are device rows looked up by index;
+    the step's tokens, values and log terms come back to the host in one transfer.
     """
-    grammar, tok = model.grammar, model.tokenizer
+    structural_grammar, tok = model.grammar, model.tokenizer
     N, device = len(prefixes), model.device
     if N == 0:
         raise ValueError("decode needs at least one prefix")
-    if len({len(p) for p in prefixes}) != 1:
+    P = len(prefixes[0])
+    if any(len(p) != P for p in prefixes):
         raise ValueError("all prefixes of one decoding batch must have the same length")
-    fitting = fitting_grammar(model, len(prefixes[0]))
+    if forced is not None:
+        if len(forced) != N:
+            raise ValueError(f"forced holds {len(forced)} streams for {N} prefixes")
+        if options.smc or options.temperature != 1.0 or options.top_p != 1.0:
+            raise ValueError("teacher-forced decoding scores the model itself: needs smc=False, temperature 1, top_p 1")
+    grammar = fitting_grammar(model, P) if grammar is None else grammar
+    if not isinstance(masks, (list, tuple)):
+        masks = [masks] * N
+    if len(masks) != N:
+        raise ValueError(f"{len(masks)} masks for {N} prefixes")
+    unique: dict[int, int] = {}
+    mask_of = np.array([unique.setdefault(id(m), len(unique)) for m in masks])  # (N,) index of each particle's masks
+    constraint = {unique[id(m)]: m for m in masks}
+    structural_table = MaskTable(tok.vocab_size, device)
+    allowed_table = MaskTable(tok.vocab_size, device)
+    comp = model.comp_id
+
+    def structural_row(state):
+        row = structural_grammar.structural(state).copy()
+        row[comp] = False  # the prompt is given, never sampled
+        return row
+
+    def allowed_row(key):
+        m, state = key
+        row = np.array(constraint[m].apply(grammar.allowed(state), state), dtype=bool)
+        row[comp] = False
+        return row
+
     states = [grammar.walk(p)[-1] for p in prefixes]
     ids = [list(p) for p in prefixes]
-    values = [[0.0] * len(p) for p in prefixes]
+    values = [[0.0] * P for _ in prefixes]
+    rec_p = [[0.0] * P for _ in prefixes] if records else None
+    rec_z = [[0.0] * P for _ in prefixes] if records else None
+    log_lik, log_w = np.zeros(N), np.zeros(N)
+    log_evidence, resamples, ancestors = 0.0, 0, np.arange(N)
+    slot_of = model.tables.slot.cpu().numpy()
+    pad = structural_grammar.pad
     prefix = torch.tensor(prefixes, dtype=torch.long, device=device)  # (N, P)
-    slots = torch.tensor([[_prefix_slot(tok, grammar, p, i) for i in range(len(p))] for p in prefixes],
+    slots = torch.tensor([[_prefix_slot(tok, structural_grammar, p, i) for i in range(P)] for p in prefixes],
                          dtype=torch.long, device=device)  # (N, P)
     forward = _Forward(model, N, options.kv_cache)
     h_last = forward(prefix, torch.zeros(prefix.shape, device=device), slots)  # (N, C)
-    log_lik = np.zeros(N)
-    log_w = np.zeros(N)
-    log_evidence, resamples = 0.0, 0
-    ancestors = np.arange(N)
-    masks = list(masks)
-    while not all(s.phase == Phase.DONE for s in states):
+    row_particle = np.arange(N)  # (B,) particle held by each batch row, -1 once finished
+    for i in range(N):
+        if states[i].phase == Phase.DONE:
+            row_particle[i] = -1
+    while (row_particle >= 0).any():
         if forward.length >= model.config.max_len:
             raise RuntimeError(f"decoding reached max_len={model.config.max_len} before [EOS]")
-        tokens, vals, step_ll, step_lw = _step(model, fitting, h_last, states, masks, options, generator)
-        log_lik += step_ll
-        log_w += step_lw
-        for i in range(N):
-            if states[i].phase != Phase.DONE:
-                ids[i].append(int(tokens[i]))
-                values[i].append(float(vals[i]))
-            states[i] = fitting.step(states[i], int(tokens[i]))
-        t = torch.as_tensor(tokens, device=device)[:, None]  # (N, 1)
-        v = torch.as_tensor(vals, dtype=torch.float32, device=device)[:, None]  # (N, 1)
-        h_last = forward(t, v, model.tables.slot[t])
+        live = np.flatnonzero(row_particle >= 0)  # batch rows still decoding
+        parts = row_particle[live]
+        step = _step(model, h_last, live, [states[p] for p in parts], mask_of[parts], options, generator,
+                     structural_table, allowed_table, structural_row, allowed_row, slot_of,
+                     None if forced is None else [forced[p] for p in parts], forward.length - P)
+        tokens, vals, ll, lz, teacher, tokens_dev, vals_dev = step
+        for k, p in enumerate(parts):
+            t = int(tokens[k])
+            ids[p].append(t)
+            values[p].append(float(vals[k]))
+            if records:
+                rec_p[p].append(float(ll[k]))
+                rec_z[p].append(float(lz[k]))
+            states[p] = (structural_grammar if teacher[k] else grammar).step(states[p], t)
+        log_lik[parts] += ll
+        log_w[parts] += lz if options.smc else np.where(np.isfinite(lz), 0.0, -np.inf)
+        finished = np.array([states[p].phase == Phase.DONE for p in parts])
+        row_particle[live[finished]] = -1
+        # the batch rows that decode the next token, in order
+        select = None
         if options.smc and _ess(log_w) < options.ess_threshold * N and np.isfinite(log_w).any():
             idx = systematic_resample(log_w, N, generator)
             log_evidence += _log_mean_exp(log_w)
             log_w = np.zeros(N)
             resamples += 1
-            states, masks = [states[i] for i in idx], [masks[i] for i in idx]
+            row_of = np.full(N, -1)
+            row_of[row_particle[row_particle >= 0]] = np.flatnonzero(row_particle >= 0)
+            states, mask_of = [states[i] for i in idx], mask_of[idx]
             ids, values = [list(ids[i]) for i in idx], [list(values[i]) for i in idx]
+            if records:
+                rec_p, rec_z = [list(rec_p[i]) for i in idx], [list(rec_z[i]) for i in idx]
+            if forced is not None:
+                forced = [forced[i] for i in idx]
             log_lik, ancestors = log_lik[idx], ancestors[idx]
-            sel = torch.as_tensor(idx, device=device)
+            going = np.flatnonzero(row_of[idx] >= 0)  # new particles still decoding
+            select, row_particle = row_of[idx][going], going
+        elif 0 < (row_particle >= 0).sum() <= COMPACT_FRACTION * len(row_particle):
+            select = np.flatnonzero(row_particle >= 0)
+            row_particle = row_particle[select]
+        if not (row_particle >= 0).any():
+            break
+        # next input: this step's token of every batch row ([PAD] on finished rows), then the selection
+        full_t = torch.full((forward.rows,), pad, dtype=torch.long, device=device)  # (B,)
+        full_v = torch.zeros((forward.rows,), dtype=torch.float32, device=device)  # (B,)
+        live_t = torch.as_tensor(live, device=device)
+        full_t[live_t] = tokens_dev
+        full_v[live_t] = vals_dev
+        if select is not None:
+            sel = torch.as_tensor(select, device=device)
             forward.select(sel)
-            h_last = h_last[sel]
+            full_t, full_v = full_t[sel], full_v[sel]
+        h_last = forward(full_t[:, None], full_v[:, None], model.tables.slot[full_t][:, None])
     if not np.isfinite(log_w).any():
         raise ValueError("no particle satisfies the constraints (every one reached a dead end): the allow-lists "
                          "and the composition / space groups exclude each other")
     if options.smc:
         log_evidence += _log_mean_exp(log_w)
-    return Decoded(ids, values, log_lik, log_w, log_evidence, resamples, ancestors)
+    return Decoded(ids, values, log_lik, log_w, log_evidence, resamples, ancestors,
+                   None if rec_p is None else [np.asarray(a) for a in rec_p],
+                   None if rec_z is None else [np.asarray(a) for a in rec_z])
 
 
 class _Forward:
@@ -137,6 +256,7 @@ class _Forward:
 
     def __init__(self, model, batch: int, kv_cache: bool):
         self.model = model
+        self.rows = batch
         self.cache = KVCache.empty(model.config, batch, device=model.device) if kv_cache else None
         self.sg = torch.zeros(batch, dtype=torch.long, device=model.device)  # (N,)
         self.seen: list[torch.Tensor] | None = None if kv_cache else []  # ids, values, slots so far
@@ -156,6 +276,7 @@ class _Forward:
         return h[:, -1].float()  # (N, C)
 
     def select(self, index: torch.Tensor) -> None:
+        self.rows = len(index)
         if self.cache is not None:
             self.cache = self.cache.select(index)
             self.sg = self.sg[index]
@@ -182,52 +303,80 @@ def fitting_grammar(model, prefix_len: int):
     return cache[fit]
 
 
-def _step(model, fitting, h_last: torch.Tensor, states: list[GrammarState], masks: list[ConstraintMasks],
-          options: DecodeOptions, generator: torch.Generator):
-    """Next token, value, log q (T = 1) and log-weight increment of every particle.
+def _forced_token(state: GrammarState, eos: int) -> int:
+    """The one legal token of a state without a choice (an axis or lattice token, or [EOS])."""
+    return int(state.pending[0]) if state.phase == Phase.FORCED else eos
 
-    ``log q`` uses the model's structural masks; the proposal uses ``fitting`` (the grammar with
-    composition counts and an n_max that fits max_len) narrowed by the constraint masks.
+
+def _step(model, h_last: torch.Tensor, live: np.ndarray, states: list[GrammarState], mask_index: np.ndarray,
+          options: DecodeOptions, generator: torch.Generator, structural_table: MaskTable, allowed_table: MaskTable,
+          structural_row, allowed_row, slot_of: np.ndarray, forced, offset: int):
+    """Next token, value, log q (T = 1) and log Z_t of the live rows ``live`` of the batch.
+
+    Returns host arrays (tokens, values, log q, log Z; -inf where the particle hit a dead end or a
+    teacher-forced token lies outside its constraint; which tokens were teacher-forced) and the
+    device tokens and values (n,).
     """
-    grammar, N = model.grammar, len(states)
-    structural = np.stack([grammar.structural(s) for s in states])  # (N, V)
-    structural[:, model.comp_id] = False  # the prompt is given, never sampled
-    allowed = np.stack([m.apply(fitting.allowed(s), s) for s, m in zip(states, masks)])  # (N, V)
-    allowed[:, model.comp_id] = False
-    tokens = np.zeros(N, dtype=np.int64)
-    vals = np.zeros(N)
-    step_ll, step_lw = np.zeros(N), np.zeros(N)
-    choice = np.array([s.phase in (Phase.AFTER_BOS, Phase.SPACE_GROUP, Phase.SITE, Phase.ELEMENT) for s in states])
-    dead = choice & ~allowed.any(1)
-    step_lw[dead] = -np.inf
-    allowed[dead] = structural[dead]  # keep decoding the dead particle; its weight is zero
-    forced = ~choice
-    tokens[forced] = allowed[forced].argmax(1)  # exactly one legal token (padding after [EOS])
+    device, n = h_last.device, len(states)
+    eos = model.grammar.eos
+    teacher = np.zeros(n, dtype=bool)
+    t_ids, t_vals = np.zeros(n, dtype=np.int64), np.zeros(n)
+    if forced is not None:
+        for k, (f_ids, f_vals) in enumerate(forced):
+            if offset < len(f_ids):
+                teacher[k], t_ids[k], t_vals[k] = True, f_ids[offset], f_vals[offset]
+    choice = np.array([s.phase in CHOICE_PHASES for s in states])
+    host_tokens = np.array([0 if c else _forced_token(s, eos) for s, c in zip(states, choice)], dtype=np.int64)
+    host_tokens[teacher & ~choice] = t_ids[teacher & ~choice]
+    tokens = torch.as_tensor(host_tokens, device=device)  # (n,)
+    vals = torch.zeros(n, dtype=torch.float32, device=device)  # (n,)
+    ll = torch.zeros(n, dtype=torch.float64, device=device)  # (n,)
+    lz = torch.zeros(n, dtype=torch.float64, device=device)  # (n,)
     rows = np.flatnonzero(choice)
     if rows.size:
-        r = torch.as_tensor(rows, device=h_last.device)
-        logits = model.token_head(h_last[r]).float()  # (n, V)
-        struct_t = torch.as_tensor(structural[rows], device=logits.device)
-        allow_t = torch.as_tensor(allowed[rows], device=logits.device)
-        log_q = torch.log_softmax(logits.masked_fill(~struct_t, float("-inf")), -1)  # (n, V) at T = 1
-        log_q_t = torch.log_softmax((logits / options.temperature).masked_fill(~struct_t, float("-inf")), -1)
-        kept = torch.logsumexp(log_q_t.masked_fill(~allow_t, float("-inf")), -1)  # (n,) log Z_t
-        proposal = model.token_distribution(h_last[r], allow_t, options.temperature)
-        chosen = proposal.sample(generator, top_p=options.top_p)  # (n,)
-        tokens[rows] = chosen.cpu().numpy()
-        step_ll[rows] = log_q.gather(-1, chosen[:, None]).squeeze(-1).cpu().numpy()
-        if options.smc:
-            step_lw[rows] += kept.cpu().numpy()
+        chosen_states = [states[k] for k in rows]
+        s_idx = structural_table.rows(chosen_states, structural_row)
+        a_idx = allowed_table.rows(list(zip(mask_index[rows].tolist(), chosen_states)), allowed_row)
+        dead = ~np.array([allowed_table.live[a] for a in a_idx])
+        r = torch.as_tensor(live[rows], device=device)
+        logits = model.token_head(h_last[r]).float()  # (m, V)
+        struct = structural_table.table[torch.as_tensor(s_idx, device=device)]  # (m, V)
+        allow = allowed_table.table[torch.as_tensor(a_idx, device=device)]  # (m, V)
+        dead_t = torch.as_tensor(dead, device=device)
+        allow = torch.where(dead_t[:, None], struct, allow)  # a dead particle decodes on; its weight is zero
+        log_q = torch.log_softmax(logits.masked_fill(~struct, float("-inf")), -1)  # (m, V) at T = 1
+        log_q_t = log_q if options.temperature == 1.0 else \
+            torch.log_softmax((logits / options.temperature).masked_fill(~struct, float("-inf")), -1)
+        masked = log_q_t.masked_fill(~allow, float("-inf"))  # (m, V)
+        kept = torch.logsumexp(masked, -1)  # (m,) log Z_t
+        probs = torch.softmax(masked, -1)
+        if options.top_p < 1.0:
+            probs = _nucleus(probs, options.top_p)
+        chosen = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (m,)
+        forced_rows = teacher[rows]
+        if forced_rows.any():
+            chosen = torch.where(torch.as_tensor(forced_rows, device=device),
+                                 torch.as_tensor(t_ids[rows], device=device), chosen)
+        inside = allow.gather(-1, chosen[:, None]).squeeze(-1) & ~dead_t  # (m,)
+        tokens[r.new_tensor(rows)] = chosen
+        ll[r.new_tensor(rows)] = log_q.gather(-1, chosen[:, None]).squeeze(-1).double()
+        lz[r.new_tensor(rows)] = torch.where(inside, kept, torch.full_like(kept, float("-inf"))).double()
     for slot, make in ((Slot.COORD, model.coord_distribution), (Slot.LATTICE, model.lattice_distribution)):
-        rows = np.flatnonzero(forced & (model.tables.slot.cpu().numpy()[tokens] == slot))
+        rows = np.flatnonzero(~choice & (slot_of[host_tokens] == slot))
         if rows.size:
-            r = torch.as_tensor(rows, device=h_last.device)
-            t = torch.as_tensor(tokens[rows], device=h_last.device)
-            dist = make(h_last[r], t)
-            x = dist.sample(generator)
-            vals[rows] = x.cpu().numpy()
-            step_ll[rows] = dist.log_prob(x).cpu().numpy()
-    return tokens, vals, step_ll, step_lw
+            k = torch.as_tensor(rows, device=device)
+            dist = make(h_last[torch.as_tensor(live[rows], device=device)], tokens[k])
+            if teacher[rows].all():
+                x = torch.as_tensor(t_vals[rows], dtype=torch.float32, device=device)
+            else:
+                x = dist.sample(generator).float()
+                if teacher[rows].any():
+                    x = torch.where(torch.as_tensor(teacher[rows], device=device),
+                                    torch.as_tensor(t_vals[rows], dtype=torch.float32, device=device), x)
+            vals[k] = x
+            ll[k] = dist.log_prob(x).double()
+    packed = torch.stack([tokens.double(), vals.double(), ll, lz]).cpu().numpy()  # the step's one transfer
+    return packed[0].astype(np.int64), packed[1], packed[2], packed[3], teacher, tokens, vals
 
 
 def _prefix_slot(tok, grammar, prefix: list[int], i: int) -> int:
