@@ -73,3 +73,22 @@ def test_pack_refuses_folders_that_are_not_prepared(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2 and "not a prepared directory" in done.stderr
     assert not (tmp_path / "p").exists()
+
+
+BENCH_GPU = REPO / "scripts" / "bench_gpu.py"
+
+
+@pytest.mark.parametrize("stack", [False, True], ids=["no crystal stack", "crystal stack"])
+def test_gpu_benchmark_runs_on_cpu_with_a_tiny_batch(tmp_path, stack):
+    """The one-command device benchmark, checked here on the CPU: decoding alone without the crystal stack."""
+    env = _env(tmp_path) if not stack else {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(BENCH_GPU), "--out", str(out), "--device", "cpu", "--batches", "4", "8",
+                           "--presets", "tiny", "--repeats", "1"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "bench_gpu.json").read_text())
+    assert report["crystal_stack"] is stack and report["skipped"] == []
+    assert [(r["model"], r["batch"]) for r in report["results"]] == [
+        ("shipped model", 4), ("shipped model", 8), ("tiny (random)", 4), ("tiny (random)", 8)]
+    assert all(r["decode_crystals_per_s"] > 0 for r in report["results"])
+    assert all(("cif_per_s" in r) is stack for r in report["results"])
