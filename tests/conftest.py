@@ -49,3 +49,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def evaluation_cache_in_tmp(tmp_path_factory):
+    """Reference fingerprints cached by evaluations go to a per-session folder, never the home cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CRYSTALFORMER_CACHE", str(tmp_path_factory.mktemp("crystalformer_cache")))
+        yield

@@ -104,7 +104,7 @@ def cmd_evaluate_generation(args: argparse.Namespace) -> int:
                                  n_wdist=args.n_wdist, max_reference=args.max_reference, max_samples=args.max_samples,
                                  seed=args.seed, workers=args.workers, coverage=not args.no_coverage,
                                  novelty=not args.no_novelty, symprec=args.symprec, progress=not args.quiet,
-                                 stability=stability)
+                                 stability=stability, cache=not args.no_cache)
     return _finish(result, args, report)
 
 
@@ -151,6 +151,10 @@ def add_parser(sub) -> None:
     g.add_argument("--symprec", type=float, default=0.1, help="space-group tolerance in Å (default 0.1)")
     g.add_argument("--no-coverage", action="store_true", help="skip fingerprints and COV (the slow part)")
     g.add_argument("--no-novelty", action="store_true", help="skip uniqueness and novelty")
+    g.add_argument("--no-cache", action="store_true",
+                   help="analyse the reference again instead of reading (and writing) its fingerprints, space "
+                        "groups and reduced cells in the cache ($CRYSTALFORMER_CACHE, else "
+                        "~/.cache/crystalformer/fingerprints; keyed by the reference's content and the settings)")
     _common(g)
     g.add_argument("--energy", action="store_true",
                    help="energy above hull of every valid sample (single point under the potential, at the "

@@ -7,6 +7,8 @@ with examples), ``settings`` and ``plot_data`` (the per-structure values the rep
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -35,24 +37,69 @@ def _entries(x):
 
 @dataclass
 class AnalyzedReference:
-    """A reference set analysed once (fingerprints, space groups, reduced cells) for several evaluations."""
+    """A reference set analysed once (fingerprints, space groups, reduced cells) for several evaluations.
+
+    ``cache_path``: the cache file the analysis was read from or written to (None without a cache);
+    ``from_cache``: True when it was read.
+    """
 
     results: list[dict]
     fingerprints: bool
     reduced: bool
     source: str = ""
+    cache_path: str | None = None
+    from_cache: bool = False
 
 
 def analyze_reference(reference, max_reference: int | None = None, seed: int = 0, coverage: bool = True,
                       novelty: bool = True, symprec: float = 0.1, workers: int = 1,
-                      progress: bool = True) -> AnalyzedReference:
-    """Analyse ``reference`` as :func:`evaluate_generation` would, to pass it to several calls."""
-    entries = subsample(_entries(reference), max_reference, seed + 1)
+                      progress: bool = True, cache: bool | str | os.PathLike = True) -> AnalyzedReference:
+    """Analyse ``reference`` as :func:`evaluate_generation` would, to pass it to several calls.
+
+    ``cache``: True keeps the analysis in the default cache folder (:mod:`.cache`: keyed by the
+    reference's content and the settings), a path keeps it there, False computes it every time.
+    The results hold no ``structure`` (the reference's own Structures are not needed).
+    """
+    from .cache import (cache_dir_of, cache_file, entries_sha256, is_samples_json, load_results, path_sha256,
+                        reference_key, save_results)
+
+    source = str(reference) if isinstance(reference, (str, Path)) else ""
+    folder, entries, path = cache_dir_of(cache), None, None
+    if folder is not None:
+        if isinstance(reference, (str, Path)) and not is_samples_json(Path(reference)):
+            digest = path_sha256(reference)  # before loading: a hit reads no CIF
+        else:
+            entries = _entries(reference)
+            digest = entries_sha256(entries)
+        key = reference_key(digest, coverage, novelty, symprec, max_reference, seed)
+        path = cache_file(folder, key)
+        cached = load_results(path, key)
+        if cached is not None:
+            if progress:
+                print(f"{_what(source, coverage, novelty, len(cached))} read from the cache {path}", file=sys.stderr)
+            return AnalyzedReference(cached, coverage, novelty, source, str(path), True)
+        stale = path.exists()
+    entries = subsample(_entries(reference) if entries is None else entries, max_reference, seed + 1)
     if not entries:
         raise ValueError(f"no reference structures in {reference}")
-    opt = Options(fingerprints=coverage, symprec=symprec, reduce=novelty)
-    return AnalyzedReference(analyze_all(entries, opt, workers, progress, "reference"), coverage, novelty,
-                             str(reference) if isinstance(reference, (str, Path)) else "")
+    opt = Options(fingerprints=coverage, symprec=symprec, reduce=novelty, keep_structure=False)
+    results = analyze_all(entries, opt, workers, progress, "reference")
+    if path is not None:
+        try:
+            save_results(path, key, results)
+            note = f"computed and cached in {path}" + (" (replacing an unreadable cache file)" if stale else "")
+        except (OSError, ValueError, TypeError) as err:  # a read-only or full disk must not lose the results
+            note, path = f"computed, not cached ({path}: {getattr(err, 'strerror', None) or err})", None
+        if progress:
+            print(f"{_what(source, coverage, novelty, len(results))} {note}", file=sys.stderr)
+    return AnalyzedReference(results, coverage, novelty, source, None if path is None else str(path))
+
+
+def _what(source: str, coverage: bool, novelty: bool, n: int) -> str:
+    """'reference X: fingerprints, space groups and reduced cells of N structures' for the cache line."""
+    parts = ["fingerprints"] * coverage + ["space groups"] + ["reduced cells"] * novelty
+    kinds = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+    return f"reference {source or '(entries)'}: {kinds} of {n} structures"
 
 
 def _failures(results: list[dict], examples: int = 20) -> dict:
@@ -69,7 +116,7 @@ def evaluate_generation(samples, reference, dataset: str | None = None, cutoffs:
                         n_wdist: int = 1000, max_reference: int | None = None, max_samples: int | None = None,
                         seed: int = 0, workers: int = 1, coverage: bool = True, novelty: bool = True,
                         symprec: float = 0.1, progress: bool = True, novelty_reference=None,
-                        stability=None) -> dict:
+                        stability=None, cache: bool | str | os.PathLike = True) -> dict:
     """Generation metrics of ``samples`` against ``reference`` (paths or lists of Entry).
 
     ``reference`` (and ``novelty_reference``) may also be an :class:`AnalyzedReference`, analysed
@@ -82,6 +129,9 @@ def evaluate_generation(samples, reference, dataset: str | None = None, cutoffs:
 
     ``stability``: a :class:`crystalformer.physics.stability.StabilityJudge`; adds the energy above
     its hull of every valid sample, the stable rate and (with novelty) the S.U.N. rate.
+
+    ``cache``: where reference analyses are kept between runs (see :func:`analyze_reference`);
+    False recomputes them.
     """
     from .coverage import COV_CUTOFFS, cutoffs_for
     from .coverage import coverage as cov_fn
@@ -102,13 +152,13 @@ def evaluate_generation(samples, reference, dataset: str | None = None, cutoffs:
     if novelty and novelty_reference is not None:
         if not isinstance(novelty_reference, AnalyzedReference):
             novelty_reference = analyze_reference(novelty_reference, None, seed, False, True, symprec, workers,
-                                                  progress)
+                                                  progress, cache)
         if not novelty_reference.reduced:
             raise ValueError("novelty_reference was analysed without reduced cells (novelty=False)")
         novelty_ref = [r for r in novelty_reference.results if r["parsed"]]
     if not isinstance(reference, AnalyzedReference):
         reference = analyze_reference(reference, max_reference, seed, coverage, novelty and novelty_ref is None,
-                                      symprec, workers, progress)
+                                      symprec, workers, progress, cache)
     elif (coverage and not reference.fingerprints) or (novelty and novelty_ref is None and not reference.reduced):
         raise ValueError("the analysed reference lacks fingerprints or reduced cells this evaluation needs")
     ref = reference.results
