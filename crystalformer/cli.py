@@ -13,8 +13,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-
 from .errors import UsageError  # noqa: F401  (the sub-command CLIs raise it)
+from .options import add_device, add_out, add_overwrite, add_quiet, add_set
 
 
 # ---------------------------------------------------------------------- commands
@@ -155,7 +155,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     import json
 
     from .defaults import DEFAULT_MODEL, ROOT, shipped_models
-    from .model.files import cumulative_train_s, read_metadata  # no Lightning: the listing is instant
+    from .model.files import (  # no Lightning: the listing is instant
+        cumulative_train_s,
+        read_metadata,
+    )
 
     models = shipped_models()
     if not models:
@@ -213,7 +216,7 @@ def _add_data(sub) -> None:
                    help="CDVAE-format CSV with a 'cif' column (repeatable)")
     p.add_argument("--cif", action="append", type=Path, metavar="PATH",
                    help="CIF file or folder of *.cif files (repeatable)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="prepared directory to write")
+    add_out(p, "prepared directory to write")
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     p.add_argument("--chunk-size", type=int, default=32, help="structures per worker task (default 32)")
     p.add_argument("--symprec", type=float, default=0.01,
@@ -222,16 +225,16 @@ def _add_data(sub) -> None:
     p.add_argument("--n-max", type=int, default=DEFAULT_N_MAX,
                    help=f"most Wyckoff sites per crystal; more are skipped (default {DEFAULT_N_MAX})")
     p.add_argument("--force", action="store_true", help="rebuild even if the cache matches")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p)
     p.set_defaults(func=cmd_data_prepare)
     p = data.add_parser("download", help="fetch the public benchmark data sets (checksums verified)",
                         description="Download mp_20, mpts_52, perov_5, carbon_24 (CDVAE/DiffCSP CSV splits) or "
                                     "alex_mp_20 (MatterGen) into DIR/NAME/. Every file is checked against the "
                                     "registry's checksum before it is kept; files already present are not fetched.")
     p.add_argument("names", nargs="*", metavar="NAME", help="data set names, or all (see --list)")
-    p.add_argument("--out", type=Path, metavar="DIR", help="folder to download into (one subfolder per data set)")
+    add_out(p, "folder to download into (one subfolder per data set)", required=False)
     p.add_argument("--list", action="store_true", help="print the registry (name, files, size, source) and exit")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p)
     p.set_defaults(func=cmd_data_download)
 
 
@@ -245,14 +248,13 @@ def _add_train(sub) -> None:
     p.add_argument("--val", action="append", type=Path, metavar="PATH",
                    help="validation data (repeatable); without it --val-fraction of the training data is held out")
     p.add_argument("--val-fraction", type=float, default=0.05, help="held-out fraction without --val (default 0.05)")
-    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
+    add_out(p, "run directory", "RUN_DIR")
     p.add_argument("--preset", choices=("tiny", "small", "base"), default="small",
                    help="model + training preset (tiny: seconds, tests; small: CPU; base: GPU, ~5M parameters)")
     p.add_argument("--config", type=Path, metavar="YAML",
                    help="YAML overrides of any config field: flat (lr: 3e-4) or nested (model: {n_layer: 6})")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override one config field (repeatable)")
-    p.add_argument("--device", help="train on this torch device: cpu, cuda, cuda:N or mps (default: the "
-                                    "config's accelerator and devices, auto)")
+    add_set(p)
+    add_device(p, "to train on", default=None)
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
     p.add_argument("--init", type=Path, metavar="MODEL",
                    help="start from the weights of a model directory or shipped model name (its shape; new optimiser, "
@@ -260,23 +262,22 @@ def _add_train(sub) -> None:
     p.add_argument("--time-budget", type=float, metavar="MIN",
                    help="stop cleanly after MIN minutes of training (summed over resumes); the learning rate "
                         "decays over the budget and the best model so far is exported")
-    p.add_argument("--overwrite", action="store_true", help="start again in a non-empty RUN_DIR")
+    add_overwrite(p, "start again in a non-empty RUN_DIR")
     p.add_argument("--cache-dir", type=Path, help="where CSV/CIF inputs are prepared (default ~/.cache/crystalformer)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p)
     p.set_defaults(func=cmd_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-
     from .options import OneLineParser
 
     parser = OneLineParser(prog="crystalformer",
                                      description="Space-group-aware generative transformer for crystal structures.")
     parser.add_argument("--version", action="version", version=f"crystalformer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from .design.cli import add_parsers as _add_design
     from .evaluation.cli import add_parser as _add_evaluate
+    from .inverse.cli import add_parsers as _add_design
     from .physics.cli import add_parsers as _add_physics
     from .refine.cli import add_parsers as _add_refine
     from .sampling.cli import add_parsers as _add_sampling

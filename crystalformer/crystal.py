@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .elements import MAX_Z, atomic_number
+from .elements import atomic_number
 from .errors import MAX_INPUT_ATOMS, CrystalError
 from .symmetry import LETTERS, expand_lattice, free_lattice_names, reduce_lattice, space_group
 
@@ -89,7 +89,7 @@ class Crystal:
             if len(site.params) != wp.dof:
                 raise ValueError(f"site {site} in space group {self.space_group}: Wyckoff {wp.label} "
                                  f"({wp.ops[0]}) has {wp.dof} free parameters, got {len(site.params)}")
-            _atomic_number(site.element)
+            atomic_number(site.element)
         if len(self.lattice) != 6:
             raise ValueError(f"lattice needs 6 numbers (a, b, c, alpha, beta, gamma), got {self.lattice}")
         lat = np.asarray(self.lattice, dtype=float)
@@ -117,7 +117,7 @@ class Crystal:
         counts: dict[str, int] = {}
         for s in self.sites:
             counts[s.element] = counts.get(s.element, 0) + sg.position(s.letter).multiplicity
-        return dict(sorted(counts.items(), key=lambda kv: _atomic_number(kv[0])))
+        return dict(sorted(counts.items(), key=lambda kv: atomic_number(kv[0])))
 
     @property
     def formula(self) -> str:
@@ -267,25 +267,10 @@ class Crystal:
 
 
 # ---------------------------------------------------------------------- helpers
-def _atomic_number(symbol: str) -> int:
-    """Z of an element of the vocabulary (H ... Lr); CrystalError("unknown_element") otherwise."""
-    z = atomic_number(symbol) if isinstance(symbol, str) else None
-    if z is None:
-        if isinstance(symbol, str) and symbol in _BEYOND:
-            raise CrystalError("unknown_element",
-                               f"element {symbol} (Z={_BEYOND[symbol]}) is beyond the vocabulary (Z <= {MAX_Z})")
-        raise CrystalError("unknown_element", f"unknown element {symbol!r}")
-    return z
-
-
-_BEYOND = {s: z for z, s in enumerate(("Rf", "Db", "Sg", "Bh", "Hs", "Mt", "Ds", "Rg", "Cn", "Nh", "Fl", "Mc", "Lv",
-                                       "Ts", "Og"), start=104)}
-
-
 def _species_number(species) -> int:
     if type(species).__name__ == "DummySpecies":
         raise CrystalError("unknown_element", f"dummy species {species} cannot be represented")
-    return _atomic_number(getattr(species, "element", species).symbol)  # Species (with oxidation state) -> Element
+    return atomic_number(getattr(species, "element", species).symbol)  # Species (with oxidation state) -> Element
 
 
 
@@ -381,8 +366,7 @@ def _sites_from_dataset(ds, sg, tol: float) -> list[Site]:
                 params = _quantize(params) % 1.0
                 sites.append(Site(wp.letter, element, tuple(float(p) for p in params)))
                 pool = pool[~members]
-    sites.sort(key=functools.cmp_to_key(_compare_sites))
-    return sites
+    return canonical_order(sites)
 
 
 # Two exact images of one orbit that should tie (x and x from a glide) differ by float noise
@@ -399,10 +383,15 @@ def _compare_params(a, b) -> int:
     return 0
 
 
+def canonical_order(sites) -> list[Site]:
+    """Sites in the canonical order of a sentence: Wyckoff letter (a first), atomic number, free parameters."""
+    return sorted(sites, key=functools.cmp_to_key(_compare_sites))
+
+
 def _compare_sites(a: Site, b: Site) -> int:
     """Site order: Wyckoff letter (a first), then atomic number, then free parameters."""
-    ka = (LETTERS.index(a.letter), _atomic_number(a.element))
-    kb = (LETTERS.index(b.letter), _atomic_number(b.element))
+    ka = (LETTERS.index(a.letter), atomic_number(a.element))
+    kb = (LETTERS.index(b.letter), atomic_number(b.element))
     if ka != kb:
         return -1 if ka < kb else 1
     return _compare_params(a.params, b.params)

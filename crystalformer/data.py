@@ -20,8 +20,8 @@ Tensors in ``tokens.safetensors`` (n kept crystals; safetensors, so no pickle an
   insert them after ``[BOS]`` on a random fraction of examples (their values are all 0).
 - ``num_atoms`` int64 (atoms in the conventional cell), ``n_sites`` int64 (Wyckoff sites).
 
-The Dataset, collate function and LightningDataModule live in :mod:`crystalformer.datamodule`
-(they import torch and Lightning) and are importable from here as well.
+The Dataset and LightningDataModule live in :mod:`crystalformer.datamodule` (torch and
+Lightning); padding streams into batches in :mod:`crystalformer.model.batching` (torch only).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -46,18 +47,6 @@ FORMAT_VERSION = 1
 FILES = ("tokens.safetensors", "crystals.jsonl", "skipped.jsonl", "meta.json", "tokenizer.json")
 
 log = logging.getLogger(__name__)
-
-# imported lazily from crystalformer.datamodule (torch, Lightning) on first access
-_DATAMODULE_EXPORTS = ("CrystalDataset", "CrystalDataModule", "PromptSampler", "collate", "prompt_flags")
-
-
-def __getattr__(name: str):
-    if name in _DATAMODULE_EXPORTS:
-        from . import datamodule
-
-        return getattr(datamodule, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 @dataclass(frozen=True)
 class PrepareConfig:
@@ -488,3 +477,33 @@ def load_prepared(path) -> PreparedData:
 def _read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/crystalformer/prepared`` (``~/.cache/...`` by default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "crystalformer" / "prepared"
+
+
+def as_prepared(inputs, cache_dir, config: PrepareConfig, progress: bool = True, announce: bool = False) -> list[Path]:
+    """Prepared directories for ``inputs``: prepared dirs pass through; CSV / CIF inputs are prepared
+    (cached) into ``cache_dir/<name>-<hash of the resolved path>``. ``progress``: a progress bar
+    while preparing; ``announce``: one line per input (stderr) saying how many structures were
+    kept and how many skipped, by reason."""
+    import sys
+
+    out = []
+    for p in [inputs] if isinstance(inputs, (str, Path)) else inputs:
+        p = Path(p)
+        if (p / "meta.json").is_file():
+            summary = PrepareSummary.read(p) if announce else None
+            if summary is not None:
+                print(summary.line(str(p)), file=sys.stderr)
+            out.append(p)
+            continue
+        key = hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:10]
+        target = Path(cache_dir) / f"{p.name.split('.')[0]}-{key}"
+        summary = prepare([p], target, config, progress=progress)
+        if announce:
+            print(summary.line(str(p)), file=sys.stderr)
+        out.append(target)
+    return out

@@ -12,7 +12,6 @@ per pass). Validation keeps the epoch-0 draw so that its loss is comparable acro
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +19,14 @@ import lightning as L
 import numpy as np
 import torch
 
-from .data import PrepareConfig, PreparedData, PrepareSummary, load_prepared, prepare
+from .data import (
+    PrepareConfig,
+    PreparedData,
+    as_prepared,
+    default_cache_dir,
+    load_prepared,
+)
+from .model.batching import collate
 
 
 def _seed(*keys: int) -> int:
@@ -222,69 +228,6 @@ class RankShard(torch.utils.data.Sampler):
             share = batch[self.rank::self.world_size]
             if share:
                 yield share
-
-
-def collate(examples: list[dict], pad_id: int = 0, grammar=None) -> dict[str, torch.Tensor]:
-    """Pad to the longest stream in the batch.
-
-    Returns ids (B, T) long (``pad_id`` after the end), values (B, T) float32 (0 there),
-    slots (B, T) long (``Slot.PAD`` = 0 there), mask (B, T) bool (True on real tokens),
-    num_atoms (B,) long; with a ``grammar`` also allowed (B, T, V) bool, the legal tokens
-    before each position (what the model's masked categorical needs; computed here so that
-    DataLoader workers do it).
-    """
-    if not examples:
-        raise ValueError("cannot collate an empty batch")
-    B = len(examples)
-    T = max(len(e["ids"]) for e in examples)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)
-    values = torch.zeros((B, T), dtype=torch.float32)
-    slots = torch.zeros((B, T), dtype=torch.long)  # Slot.PAD == 0
-    mask = torch.zeros((B, T), dtype=torch.bool)
-    for b, e in enumerate(examples):
-        n = len(e["ids"])
-        ids[b, :n] = torch.as_tensor(e["ids"], dtype=torch.long)
-        values[b, :n] = torch.as_tensor(e["values"], dtype=torch.float32)
-        slots[b, :n] = torch.as_tensor(e["slots"], dtype=torch.long)
-        mask[b, :n] = True
-    num_atoms = torch.tensor([e["num_atoms"] for e in examples], dtype=torch.long)  # (B,)
-    batch = {"ids": ids, "values": values, "slots": slots, "mask": mask, "num_atoms": num_atoms}
-    if grammar is not None:
-        from .model.crystalformer import grammar_masks
-
-        batch["allowed"] = grammar_masks(grammar, ids, mask)
-    return batch
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/crystalformer/prepared`` (``~/.cache/...`` by default)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "crystalformer" / "prepared"
-
-
-def as_prepared(inputs, cache_dir, config: PrepareConfig, progress: bool = True, announce: bool = False) -> list[Path]:
-    """Prepared directories for ``inputs``: prepared dirs pass through; CSV / CIF inputs are prepared
-    (cached) into ``cache_dir/<name>-<hash of the resolved path>``. ``progress``: a progress bar
-    while preparing; ``announce``: one line per input (stderr) saying how many structures were
-    kept and how many skipped, by reason."""
-    import hashlib
-    import sys
-
-    out = []
-    for p in [inputs] if isinstance(inputs, (str, Path)) else inputs:
-        p = Path(p)
-        if (p / "meta.json").is_file():
-            summary = PrepareSummary.read(p) if announce else None
-            if summary is not None:
-                print(summary.line(str(p)), file=sys.stderr)
-            out.append(p)
-            continue
-        key = hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:10]
-        target = Path(cache_dir) / f"{p.name.split('.')[0]}-{key}"
-        summary = prepare([p], target, config, progress=progress)
-        if announce:
-            print(summary.line(str(p)), file=sys.stderr)
-        out.append(target)
-    return out
 
 
 class CrystalDataModule(L.LightningDataModule):

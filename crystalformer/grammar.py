@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .crystal import _atomic_number
+from .elements import atomic_number
 from .symmetry import free_lattice_names, space_group
 from .tokenizer import (
     AXIS_TOKENS,
@@ -110,7 +110,7 @@ class Grammar:
         self.axis_ids = [tid(t) for t in AXIS_TOKENS]
         self._sg_of_id = {int(i): n + 1 for n, i in enumerate(self.sg_ids)}
         # atomic numbers from the symbols, not from vocabulary order: a loaded vocabulary may list elements in any order
-        self._z_of_element = np.array([_atomic_number(tokenizer.vocab[i]) for i in self.element_ids])
+        self._z_of_element = np.array([atomic_number(tokenizer.vocab[i]) for i in self.element_ids])
         self._element_z = dict(zip(self.element_ids.tolist(), self._z_of_element.tolist()))
         self._cache: dict[GrammarState, np.ndarray] = {}
 

@@ -7,14 +7,13 @@ cosine decay to ``lr * min_lr_ratio``), logging of the NLL per slot type, and th
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 
 from .config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from .model import CrystalFormer
 from .model.crystalformer import SCORED_SLOTS
+from .schedule import warmup_cosine
 from .tokenizer import CrystalTokenizer
 
 
@@ -104,8 +103,4 @@ def lr_factor(step: int, total: int, cfg: TrainConfig, time_fraction: float = 0.
     ``time_fraction``: the part of a time budget already spent; the decay follows whichever of
     steps and time is further along, so a budgeted run ends at the low learning rate.
     """
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    span = max(1, total - cfg.warmup_steps)
-    progress = min(1.0, max((step - cfg.warmup_steps) / span, time_fraction))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return warmup_cosine(step, total, cfg.warmup_steps, cfg.min_lr_ratio, time_fraction)

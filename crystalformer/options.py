@@ -1,4 +1,5 @@
-"""One command-line vocabulary for lists: every list option is repeatable *and* comma-separated.
+"""One command-line vocabulary: shared option builders (``--out``, ``--overwrite``, ``--quiet``,
+``--device``, ``--seed``, ``--set``), and lists that are repeatable *and* comma-separated.
 
 ``--space-group 225 --space-group 221`` and ``--space-group 225,221`` mean the same, for every
 command. Values are converted by the command (:func:`int_list`), so a wrong one is a one-line
@@ -94,3 +95,44 @@ def lightning_device(device: str | None) -> tuple[str, object]:
     if accelerator is None or (index and not index.isdigit()):
         raise UsageError(f"--device {device!r}: use cpu, cuda, cuda:N or mps")
     return accelerator, (f"{int(index)}," if index else "1")  # Lightning: "1," is device index 1, "1" one device
+
+
+# ---------------------------------------------------------------------- options every command shares
+DEVICES = "cpu, cuda, cuda:N or mps"
+
+
+def add_out(parser, help: str = "output folder", metavar: str = "DIR", required: bool = True) -> None:
+    from pathlib import Path
+
+    parser.add_argument("--out", type=Path, required=required, metavar=metavar, help=help)
+
+
+def add_overwrite(parser, help: str = "replace a non-empty --out") -> None:
+    parser.add_argument("--overwrite", action="store_true", help=help)
+
+
+def add_quiet(parser, help: str = "no progress bar") -> None:
+    parser.add_argument("--quiet", action="store_true", help=help)
+
+
+def add_device(parser, what: str = "", default: str | None = "cpu") -> None:
+    """``--device``: a torch device name; ``default=None`` lets the command choose (e.g. Lightning's auto)."""
+    tail = f"default {default}" if default else "default: the fastest available"
+    parser.add_argument("--device", default=default, help=f"torch device{' ' + what if what else ''} "
+                                                          f"({DEVICES}; {tail})")
+
+
+def add_seed(parser, help: str = "random seed") -> None:
+    parser.add_argument("--seed", type=int, default=0, help=f"{help} (default 0)")
+
+
+def add_set(parser, what: str = "config") -> None:
+    parser.add_argument("--set", action="append", metavar="FIELD=VALUE", help=f"override one {what} field (repeatable)")
+
+
+def add_outputs(parser, out_help: str = "output folder", out_metavar: str = "DIR",
+                overwrite_help: str = "replace a non-empty --out", quiet_help: str = "no progress bar") -> None:
+    """``--out``, ``--overwrite`` and ``--quiet``, as every command that writes a folder has them."""
+    add_out(parser, out_help, out_metavar)
+    add_overwrite(parser, overwrite_help)
+    add_quiet(parser, quiet_help)

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .crystal import MAX_Z, Crystal, Site, _atomic_number
-from .elements import SYMBOLS
+from .crystal import Crystal, Site
+
+from .elements import MAX_Z, SYMBOLS, atomic_number
 from .errors import CrystalError
 from .symmetry import LATTICE_NAMES, LETTERS, expand_lattice, free_lattice_names, space_group
 
@@ -332,7 +333,7 @@ def _check_vocabulary(vocab: list[str]) -> None:
         raise ValueError(f"tokenizer vocabulary is missing {len(missing)} required tokens, e.g. {sorted(missing)[:5]}")
     for tok in vocab:
         if _slot_of_token(tok) == Slot.ELEMENT:
-            _atomic_number(tok)  # raises for unknown symbols
+            atomic_number(tok)  # raises for unknown symbols
     counts = sorted(int(t[1:]) for t in vocab if _slot_of_token(t) == Slot.COMP_COUNT)
     if counts != list(range(1, len(counts) + 1)):  # max_count and the grammar assume N1..N<max_count>
         raise ValueError(f"tokenizer count tokens must be N1..N{len(counts)} without gaps, got "

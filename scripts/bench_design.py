@@ -36,7 +36,8 @@ TASKS = {
 
 
 def train_models(task, spec, prepared: Path, work: Path):
-    from crystalformer.design import PropertyConfig, load_property_model, train_property
+    from crystalformer.inverse.property import PropertyConfig, load_property_model
+    from crystalformer.inverse.train import train_property
 
     out = {}
     for role, preset in (("guide", "small"), ("judge", "judge")):
@@ -51,7 +52,7 @@ def train_models(task, spec, prepared: Path, work: Path):
 
 
 def val_scores(model, prepared: Path, task: str, target: str) -> dict:
-    from crystalformer.design.train import read_targets
+    from crystalformer.inverse.train import read_targets
 
     streams, y, _ = read_targets([prepared / f"{task}-val"], target)
     pred = model.predict_streams(streams)
@@ -92,9 +93,8 @@ def judge_streams(judge, ids, values):
 
 
 def run_task(task, spec, prior, prepared, work, n, steps, seed, moves):
-    from crystalformer.design import design
-    from crystalformer.design.api import UnreachableTargetError
-    from crystalformer.design.train import read_targets
+    from crystalformer.inverse.api import UnreachableTargetError, design
+    from crystalformer.inverse.train import read_targets
     from crystalformer.sampling.api import sample
 
     target = spec["target"]
@@ -143,7 +143,7 @@ def run_task(task, spec, prior, prepared, work, n, steps, seed, moves):
 
 def main() -> None:
     from crystalformer import load_model
-    from crystalformer.design.mcmc import MoveConfig
+    from crystalformer.inverse.mcmc import MoveConfig
     from crystalformer.model.files import read_metadata
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

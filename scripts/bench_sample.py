@@ -131,8 +131,10 @@ def compare(rev: str, model_dir: Path, batches: list[int], repeats: int, threads
                         env = dict(os.environ, PYTHONPATH=str(path), OMP_NUM_THREADS=str(threads))
                         out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker",
                                               "--model", str(model_dir), "--batch-sizes", str(batch), "--seed",
-                                              str(r), "--threads", str(threads)], env=env, cwd=tmp, check=True,
+                                              str(r), "--threads", str(threads)], env=env, cwd=tmp, check=False,
                                              capture_output=True, text=True)
+                        if out.returncode:
+                            raise RuntimeError(f"the {side} worker failed:\n{out.stderr[-3000:]}")
                         runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
                         if not runs[side][-1]["package"].startswith(str(path)):
                             raise RuntimeError(f"worker imported {runs[side][-1]['package']}, not {path}")

@@ -51,7 +51,7 @@ def _optimizer(model, fused: bool):
 
 def run_pipeline(name: str, model, dataset, index_batches, device: str) -> tuple[float, int, int]:
     """Seconds for the whole pass, real tokens and crystals it trained on."""
-    from crystalformer.datamodule import collate
+    from crystalformer.model.batching import collate
 
     fast = name == "fast"
     grammar = None if fast else model.grammar
@@ -114,8 +114,8 @@ def bench(preset: str, dataset, batch_size: int, steps: int, repeats: int, devic
 
 
 def main(argv=None) -> int:
-    from crystalformer.data import PrepareConfig
-    from crystalformer.datamodule import CrystalDataset, as_prepared, default_cache_dir
+    from crystalformer.data import PrepareConfig, as_prepared, default_cache_dir
+    from crystalformer.datamodule import CrystalDataset
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(__file__).parents[1] / "tests" / "data" / "mp20_sample.csv",

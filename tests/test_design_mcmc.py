@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from crystalformer import CrystalTokenizer, ModelConfig
-from crystalformer.design.mcmc import MoveConfig, _element_moves, metropolis_hastings
-from crystalformer.design.proposals import Streams, decode_after, score_streams, stream_masks
+from crystalformer.inverse.mcmc import MoveConfig, _element_moves, metropolis_hastings
+from crystalformer.inverse.proposals import Streams, decode_after, score_streams, stream_masks
 from crystalformer.model import CrystalFormer
 from crystalformer.sampling.constraints import Constraint, ConstraintMasks
 from crystalformer.symmetry import space_group
@@ -89,7 +89,7 @@ def test_per_position_terms_agree_with_the_model_and_the_oracle():
                                     model.grammar)
     s = decode_after(model, [([model.grammar.bos], [0.0])] * 6, cmask, torch.Generator().manual_seed(1))
     from crystalformer.datamodule import collate
-    from crystalformer.design.property import stream_examples
+    from crystalformer.inverse.property import stream_examples
 
     batch = collate(stream_examples(model.tokenizer, list(zip(s.ids, s.values))), model.tokenizer.pad_id)
     total = model.log_prob_batch(batch).total.numpy()
@@ -246,7 +246,7 @@ def test_chains_converge_to_the_exact_posterior():
 
 def test_reverse_kl_finetuning_moves_the_prior_toward_the_reward():
     """Score-function fine-tuning on the one-site prior: the objective falls and samples earn more reward."""
-    from crystalformer.design.finetune import FinetuneConfig, finetune
+    from crystalformer.inverse.finetune import FinetuneConfig, finetune
 
     model = _model(n_max=1, scale=0.5, seed=2, boost=(("Xe", 2.5), ("O", 1.0)))
     sgs, elements = (123, 191, 221), ("Na", "Cl", "O", "Fe")

@@ -10,9 +10,17 @@ import torch
 
 from crystalformer import CrystalTokenizer, ModelConfig
 from crystalformer.cli import main
-from crystalformer.design import PropertyConfig, UnreachableTargetError, design, load_property_model, train_property
-from crystalformer.design.property import PropertyModel, PropertyNet, gaussian_sigma
+from crystalformer.inverse.api import UnreachableTargetError, design
+from crystalformer.inverse.property import (
+    PropertyConfig,
+    PropertyModel,
+    PropertyNet,
+    gaussian_sigma,
+    load_property_model,
+)
+from crystalformer.inverse.train import train_property
 from crystalformer.model import CrystalFormer
+from crystalformer.sampling.api import sample
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +117,7 @@ def test_design_command_writes_ranked_designs(prior, heat_model, tmp_path):
 
 def test_several_targets_multiply_their_likelihoods(prior, heat_model):
     """Two properties at once: the chains' log-likelihood is the sum of both targets' terms."""
-    from crystalformer.design.targets import parse_target
+    from crystalformer.inverse.targets import parse_target
 
     model, _ = prior
     heat = load_property_model(heat_model[1])
@@ -137,7 +145,7 @@ def test_finetune_command_writes_a_loadable_prior(prior, heat_model, tmp_path):
                  "heat_ref=min", "--steps", "2", "--batch-size", "4", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
     tuned = load_model(out)
     assert len(read_metadata(out)["history"]) >= 1
-    assert tuned.sample(2, seed=0).samples
+    assert sample(tuned, 2, seed=0).samples
 
 
 def test_designs_have_plausible_contacts_by_default(tmp_path, capsys):

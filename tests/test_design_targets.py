@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from crystalformer.design.targets import Target, parse_target, parse_targets
+from crystalformer.inverse.targets import Target, parse_target, parse_targets
 
 
 def test_parsing_reads_every_form():
@@ -52,7 +52,7 @@ def test_likelihoods_equal_the_gaussian_formulas_and_stay_finite_in_the_tails():
 
 
 def test_annealing_schedule_is_geometric_then_constant():
-    from crystalformer.design.mcmc import beta_schedule
+    from crystalformer.inverse.mcmc import beta_schedule
 
     b = beta_schedule(10, beta=1.0, beta_start=0.01, anneal_steps=5)
     assert np.allclose(b[:5], [0.01, 0.01 ** 0.75, 0.1, 0.01 ** 0.25, 1.0]) and np.all(b[5:] == 1.0)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crystalformer.crystal import _atomic_number
-from crystalformer.elements import MAX_Z, SYMBOLS, atomic_number
+from crystalformer.elements import MAX_Z, SYMBOLS, atomic_number, find_atomic_number
 from crystalformer.errors import CrystalError
 
 
@@ -21,6 +20,6 @@ def test_symbols_and_numbers_match_pymatgen():
 @pytest.mark.parametrize("symbol, phrase", [("Xx", "unknown element 'Xx'"), ("na", "unknown element 'na'"),
                                             ("Og", "beyond the vocabulary"), ("", "unknown element")])
 def test_unknown_or_out_of_vocabulary_elements_are_named(symbol, phrase):
-    assert atomic_number(symbol) is None
+    assert find_atomic_number(symbol) is None
     with pytest.raises(CrystalError, match=phrase):
-        _atomic_number(symbol)
+        atomic_number(symbol)

@@ -12,7 +12,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..options import ListAction, int_list
+from ..options import (
+    ListAction,
+    add_device,
+    add_overwrite,
+    add_quiet,
+    add_seed,
+    int_list,
+)
 
 
 def _usage_error(msg: str):
@@ -125,10 +132,10 @@ def _common(p) -> None:
     p.add_argument("--json", type=Path, required=True, metavar="OUT.json", help="metrics file to write")
     p.add_argument("--report", type=Path, metavar="OUT.png", help="plots (default: OUT with .png)")
     p.add_argument("--no-report", action="store_true", help="write no plots")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_overwrite(p, "replace existing outputs")
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random subset (default 0)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_seed(p, "seed of every random subset")
+    add_quiet(p, "no progress bars")
 
 
 def add_parser(sub) -> None:
@@ -164,7 +171,7 @@ def add_parser(sub) -> None:
                    help="reference hull table (crystalformer physics build-hull); default: the shipped hull of "
                         "the default model's training data under CHGNet (not the Materials Project hull)")
     g.add_argument("--potential", default="chgnet", help="interatomic potential for --energy (default chgnet)")
-    g.add_argument("--device", default="cpu", help="torch device of the potential for --energy (cpu, cuda, ...)")
+    add_device(g, "of the potential for --energy")
     g.set_defaults(func=cmd_evaluate_generation)
     c = ev.add_parser("csp", help="CSP match rate and RMSE, k=1 and best-of-k",
                       description="Match predictions to targets by material_id; StructureMatcher(stol=0.5, "

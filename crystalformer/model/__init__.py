@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from .crystalformer import CrystalFormer, LogProb, grammar_masks
+from .batching import collate, grammar_masks
+from .crystalformer import CrystalFormer, LogProb
 from .files import load_model, save_model
 from .transformer import KVCache
 
-__all__ = ["CrystalFormer", "KVCache", "LogProb", "grammar_masks", "load_model", "save_model"]
+__all__ = ["CrystalFormer", "KVCache", "LogProb", "collate", "grammar_masks", "load_model", "save_model"]

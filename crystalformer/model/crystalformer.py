@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
 from ..grammar import Grammar
 from ..tokenizer import COMP, CrystalTokenizer, Slot
+from .batching import collate
 from .distributions import GaussianMixture, MaskedCategorical, VonMisesMixture
 from .embedding import InputEmbedding, TokenTables
 from .masks import StructuralMasks
@@ -163,8 +163,6 @@ class CrystalFormer(nn.Module):
     @torch.no_grad()
     def log_prob(self, crystals, with_composition: bool = False, batch_size: int = 256) -> LogProb:
         """Exact log p(X) (or log p(X | composition) with ``with_composition``) of Crystal objects."""
-        from ..datamodule import collate
-
         crystals = list(crystals)
         if not crystals:
             raise ValueError("log_prob needs at least one crystal")
@@ -186,60 +184,12 @@ class CrystalFormer(nn.Module):
                        {k: torch.cat([p.by_slot[k] for p in parts]) for k in SCORED_SLOTS},
                        torch.cat([p.num_tokens for p in parts]))
 
-    # ------------------------------------------------------------------ sampling (crystalformer.sampling)
-    def sample(self, n: int, **kwargs):
-        """``n`` crystals from p(X); see :func:`crystalformer.sampling.api.sample` for the options."""
-        from ..sampling.api import sample
-
-        return sample(self, n, **kwargs)
-
-    def predict_structure(self, composition, n: int = 20, rank: str = "logp", **kwargs):
-        """Crystal structure prediction; see :func:`crystalformer.sampling.api.predict_structure`.
-
-        ``rank="energy"`` ranks by relaxed energy under an interatomic potential (the physics
-        extra): :func:`crystalformer.physics.ranking.predict_structure_by_energy`, whose options
-        (candidates, relax_top, potential, relax, tie_window) it takes too.
-        """
-        if rank == "energy":
-            from ..physics import require
-            from ..physics.ranking import predict_structure_by_energy
-
-            require('rank="energy"')
-            return predict_structure_by_energy(self, composition, n, **kwargs)
-        if rank != "logp":
-            raise ValueError(f"rank must be 'logp' or 'energy', got {rank!r}")
-        from ..sampling.api import predict_structure
-
-        return predict_structure(self, composition, n, **kwargs)
-
-    def infill(self, template, sites, **kwargs):
-        """Element substitution in a template; see :func:`crystalformer.sampling.substitution.infill`."""
-        from ..sampling.substitution import infill
-
-        return infill(self, template, sites, **kwargs)
-
     # ------------------------------------------------------------------ files
     def save(self, path, metadata: dict | None = None) -> None:
         """Write a model directory: config.json, model.safetensors, tokenizer.json, metadata.json."""
         from .files import save_model
 
         save_model(self, path, metadata)
-
-
-def grammar_masks(grammar: Grammar, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B, T, V) bool: structurally legal tokens before each position of each stream; True on padding.
-
-    The composition prompt is context, not a mask (:meth:`Grammar.structural`): the model learns
-    to respect it, and samplers condition on it exactly (CSP, DESIGN section 6).
-    """
-    B, T = ids.shape
-    out = np.ones((B, T, grammar.V), dtype=bool)
-    ids_np = ids.cpu().numpy()
-    lengths = valid.sum(1).cpu().numpy()
-    for b in range(B):
-        n = int(lengths[b])
-        out[b, :n] = grammar.masks(ids_np[b, :n], composition=False)
-    return torch.from_numpy(out)
 
 
 def _init_weights(module: nn.Module) -> None:

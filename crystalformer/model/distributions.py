@@ -49,12 +49,12 @@ class MaskedCategorical:
         """Token ids (...,) drawn from the (nucleus-truncated when top_p < 1) distribution."""
         probs = self.log_probs().exp()
         if top_p < 1.0:
-            probs = _nucleus(probs, top_p)
+            probs = nucleus(probs, top_p)
         flat = probs.reshape(-1, probs.shape[-1])  # (N, V)
         return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
 
 
-def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose mass reaches ``top_p`` (always the top one)."""
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")

@@ -9,6 +9,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from ..options import add_device, add_out, add_overwrite, add_quiet
+
 
 def _usage(msg: str):
     from ..errors import UsageError
@@ -254,11 +256,11 @@ def add_parsers(sub) -> None:
                                    "CIF file, a CDVAE CSV or a samples folder; the space group is kept unless "
                                    "--relax-free. Writes CIFs and samples.json (energies, steps, converged).")
     p.add_argument("input", type=Path, metavar="IN", help="CIF file or folder, CSV, samples folder or samples.json")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    add_out(p, "output folder")
     add_relax_options(p, flag=False)
-    p.add_argument("--device", default="cpu", help="torch device of the potential (cpu, cuda, cuda:1, ...)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device(p, "of the potential")
+    add_overwrite(p, "replace a non-empty output folder")
+    add_quiet(p)
     p.set_defaults(func=cmd_relax)
 
     physics = sub.add_parser("physics", help="reference energies for stability (physics extra)").add_subparsers(
@@ -269,7 +271,7 @@ def add_parsers(sub) -> None:
                                        "hull of YOUR data under the potential, not the Materials Project hull.")
     p.add_argument("--csv", type=Path, action="append", required=True, metavar="CSV", help="CDVAE-format CSV "
                    "(repeatable)")
-    p.add_argument("--out", type=Path, required=True, metavar="TABLE", help="hull table to write (.csv)")
+    add_out(p, "hull table to write (.csv)", "TABLE")
     p.add_argument("--workdir", type=Path, help="where work in progress is kept (default TABLE.work)")
     p.add_argument("--relax-within", type=float, default=0.05,
                    help="relax entries within this many eV/atom of the single-point hull (default 0.05)")
@@ -277,6 +279,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--relax-steps", type=int, default=200)
     p.add_argument("--potential", default="chgnet")
-    p.add_argument("--device", default="cpu", help="torch device of the potential (cpu, cuda, cuda:1, ...)")
-    p.add_argument("--quiet", action="store_true")
+    add_device(p, "of the potential")
+    add_quiet(p)
     p.set_defaults(func=cmd_build_hull)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,10 +26,16 @@ from .constraints import (
 )
 from .decoder import DecodeOptions, decode, fitting_grammar, systematic_resample
 
+if TYPE_CHECKING:
+    from ..crystal import Crystal
+
 
 @dataclass
 class Sample:
-    crystal: object | None  # Crystal, or None when the stream could not be turned into one
+    """One decoded crystal: its :class:`Crystal` (None when the stream does not make one, with the
+    ``reason`` code and ``error`` message saying why), log-likelihood and token stream."""
+
+    crystal: Crystal | None
     log_likelihood: float
     ids: list[int] = field(repr=False, default_factory=list)
     values: list[float] = field(repr=False, default_factory=list)
@@ -36,6 +43,7 @@ class Sample:
     prompt: str | None = None  # the composition prompt it was decoded with (CSP)
     physics: dict | None = None  # energies, relaxation and ranks (crystalformer.physics), when computed
     skeleton_log_p: float | None = None  # log p of the discrete tokens alone, when ranked by it (skeleton.py)
+    reason: str | None = None  # failure code when crystal is None (e.g. "too_close", "invalid")
 
     def summary(self) -> dict:
         c = self.crystal
@@ -55,13 +63,15 @@ class SampleSet:
     samples: list[Sample]
     log_evidence: float | None = None  # log mass of the model on constraint-satisfying crystals (SMC estimate)
     resamples: int = 0
+    drawn: int | None = None  # candidates drawn before ranking and removing duplicates (CSP)
+    duplicates: int | None = None  # candidates removed as duplicates of better-ranked ones (CSP; None: not checked)
 
     @property
     def crystals(self) -> list:
         return [s.crystal for s in self.samples if s.crystal is not None]
 
     def failures(self) -> Counter:
-        return Counter(s.error.split(":")[0] for s in self.samples if s.error)
+        return Counter(s.reason or "invalid" for s in self.samples if s.crystal is None)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -75,14 +85,14 @@ def generator_for(model, seed: int) -> torch.Generator:
 def _to_samples(model, decoded, prompts=None) -> list[Sample]:
     out = []
     for i, (ids, vals) in enumerate(zip(decoded.ids, decoded.values)):
-        crystal, error = None, None
+        crystal, error, reason = None, None, None
         try:
             crystal = model.tokenizer.decode(ids, vals)
         except (CrystalError, ValueError) as err:
             reason = getattr(err, "reason", "invalid")
             error = f"{reason}: {err}"
         out.append(Sample(crystal, float(decoded.log_likelihood[i]), ids, vals, error,
-                          None if prompts is None else prompts[i]))
+                          None if prompts is None else prompts[i], reason=reason))
     return out
 
 

@@ -6,7 +6,16 @@ import argparse
 import time
 from pathlib import Path
 
-from ..options import ListAction, int_list, words
+from ..options import (
+    ListAction,
+    add_device,
+    add_out,
+    add_overwrite,
+    add_quiet,
+    add_seed,
+    int_list,
+    words,
+)
 from ..physics.cli import (
     add_relax_options,
     check_physics,
@@ -96,18 +105,10 @@ def _refine(args, samples, part: int = 0) -> list:
     """
     if args.refine is None:
         return samples
-    from dataclasses import replace
+    from ..api import refine_samples
 
-    from ..refine.api import refine_crystals
-
-    refiner = _refiner_dir(args.refine)
-    index = [i for i, s in enumerate(samples) if s.crystal is not None]
-    refined = refine_crystals(refiner, [samples[i].crystal for i in index], sigma_start=args.sigma_start,
-                              seed=args.seed + 1_000_003 * part, device=args.device)
-    out = list(samples)
-    for i, crystal in zip(index, refined):
-        out[i] = replace(samples[i], crystal=crystal)
-    return out
+    return refine_samples(_refiner_dir(args.refine), samples, args.sigma_start, args.seed + 1_000_003 * part,
+                          args.device)
 
 
 def _meta(args, command: str, wall: float, **extra) -> dict:
@@ -221,43 +222,27 @@ def _csp_options(args) -> dict:
 
 
 def _predict(args, model, formula, cell, seed):
-    """predict_structure with --rank skeleton or logp (refine / relax after), or --rank energy (refine before)."""
-    from .api import MAX_CSP_PARTICLES, predict_structure
-    from .dedup import MAX_PAIRWISE, distinct_samples
+    """One composition through :func:`crystalformer.api.predict_structure` with the command's options."""
+    from ..api import predict_structure
 
     options = _csp_options(args)
-    if args.rank in ("logp", "skeleton"):
-        dedup = args.composition is not None and not args.keep_duplicates and 2 * args.n <= MAX_PAIRWISE
-        drawn = args.n
-        if args.rank == "skeleton":  # rank a wider pool: the skeleton order brings up what log p buries
-            drawn = min(max(2 * args.n, args.candidates), MAX_CSP_PARTICLES)
-        elif dedup:  # draw twice as many, keep the first n distinct ones
-            drawn = 2 * args.n
-        options["n"] = drawn
-        if options.get("n_particles") is not None:
-            options["n_particles"] = max(options["n_particles"], drawn)
-        result = predict_structure(model, formula, cell=cell, seed=seed, **options)
-        if args.rank == "skeleton":
-            from .skeleton import rank_by_skeleton
+    energy = {}
+    if args.rank == "energy":
+        from ..physics.cli import potential_from, rank_config
 
-            result.samples = rank_by_skeleton(model, result.samples)
-        if dedup:
-            result.samples, removed = distinct_samples(result.samples, args.n)
-            args._duplicates = removed
-            args._drawn = drawn
-        result.samples = _refine(args, result.samples[:args.n])
-        return result
-    from ..physics.cli import potential_from, rank_config
-    from ..physics.ranking import rank_by_energy
-
-    config = rank_config(args)
-    options["n"] = config.candidates
-    result = predict_structure(model, formula, cell=cell, seed=seed, **options)
-    result.samples = rank_by_energy(_refine(args, result.samples), potential_from(args), n=args.n, config=config,
-                                    stats=args._rank_stats)
-    if not result.samples:
-        raise ValueError(f"{formula}: none of the {config.candidates} candidates could be scored by the potential "
+        config = rank_config(args)
+        energy = dict(candidates=config.candidates, relax_top=config.relax_top, relax=config.relax,
+                      tie_window=config.tie_window, potential=potential_from(args), rank_stats=args._rank_stats)
+    elif args.rank == "skeleton":
+        energy = dict(candidates=args.candidates)
+    refiner = None if args.refine is None else _refiner_dir(args.refine)
+    result = predict_structure(model, formula, rank=args.rank, cell=cell, seed=seed, refiner=refiner,
+                               sigma_start=args.sigma_start, device=args.device,
+                               distinct=args.composition is not None and not args.keep_duplicates, **options, **energy)
+    if args.rank == "energy" and not result.samples:
+        raise ValueError(f"{formula}: none of the {result.drawn} candidates could be scored by the potential "
                          f"({report_ranking(args._rank_stats)})")
+    args._duplicates, args._drawn = result.duplicates, result.drawn
     return result
 
 
@@ -393,11 +378,11 @@ def _common(p, n_default: int) -> None:
                    help="shipped model name (mp_20, perov_5, carbon_24; see `crystalformer models`) or model "
                         "directory (default: mp_20, the model for real materials)")
     p.add_argument("--n", type=int, default=n_default, help=f"number of crystals (default {n_default})")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (CIFs + samples.json)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_out(p, "output folder (CIFs + samples.json)")
+    add_seed(p)
+    add_device(p)
+    add_overwrite(p, "replace a non-empty output folder")
+    add_quiet(p)
     p.add_argument("--refine", nargs="?", const=DEFAULT, metavar="REFINER",
                    help="refine atomic positions with the shipped refiner, or with this refiner model folder "
                         "(crystalformer train-refiner)")

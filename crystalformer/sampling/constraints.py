@@ -215,14 +215,14 @@ def composition_branches(composition, grammar: Grammar, cell: str = "reduced", f
     of the space group), or "conventional" (exactly these counts in the conventional cell).
     Raises ValueError naming the composition when no space group can realize it within n_max.
     """
-    from ..crystal import _atomic_number
+    from ..elements import atomic_number
 
     counts = parse_composition(composition)
     known = {grammar.tokenizer.vocab[i] for i in grammar.element_ids}
     unknown = sorted(set(counts) - known)
     if unknown:
         raise ValueError(f"composition {composition!r}: unknown element(s) {unknown}")
-    order = sorted(counts, key=_atomic_number)
+    order = sorted(counts, key=atomic_number)
     base = [counts[el] for el in order]
     allowed_sgs = set(range(1, 231)) if space_groups is None else {int(n) for n in space_groups}
     if not (isinstance(max_atoms, int) and max_atoms >= 1):

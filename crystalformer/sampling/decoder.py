@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..grammar import GrammarState, Phase
-from ..model.distributions import _nucleus
+from ..model.distributions import nucleus
 from ..model.transformer import KVCache
 from ..tokenizer import Slot
 from .constraints import ConstraintMasks
@@ -351,7 +351,7 @@ def _step(model, h_last: torch.Tensor, live: np.ndarray, states: list[GrammarSta
         kept = torch.logsumexp(masked, -1)  # (m,) log Z_t
         probs = torch.softmax(masked, -1)
         if options.top_p < 1.0:
-            probs = _nucleus(probs, options.top_p)
+            probs = nucleus(probs, options.top_p)
         chosen = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (m,)
         forced_rows = teacher[rows]
         if forced_rows.any():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..crystal import Crystal, _compare_sites
+from ..crystal import Crystal, canonical_order
 from ..errors import CrystalError
 
 
@@ -130,7 +130,7 @@ def _build(template: Crystal, variables, choice: tuple[str, ...]) -> tuple[Cryst
         for i in members:
             sites[i] = replace(sites[i], element=element)
             assignment[i] = element
-    ordered = tuple(sorted(sites, key=functools.cmp_to_key(_compare_sites)))  # canonical order again
+    ordered = tuple(canonical_order(sites))
     return Crystal(template.space_group, ordered, template.lattice), assignment
 
 

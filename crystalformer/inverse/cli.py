@@ -9,7 +9,17 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
-from ..options import ListAction, int_list, words
+from ..options import (
+    ListAction,
+    add_device,
+    add_out,
+    add_overwrite,
+    add_quiet,
+    add_seed,
+    add_set,
+    int_list,
+    words,
+)
 
 
 def cmd_train_property(args) -> int:
@@ -36,7 +46,7 @@ def cmd_train_property(args) -> int:
         raise UsageError(f"--set: {err}") from None
     config = PropertyConfig.from_name(args.preset, **typed)
     result = train_property(args.data, args.target, args.out, config, val=args.val, cache_dir=args.cache_dir,
-                            overwrite=args.overwrite, progress=not args.quiet)
+                            overwrite=args.overwrite, progress=not args.quiet, device=args.device)
     print(result.table())
     return 0
 
@@ -196,13 +206,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--target", required=True, help="the numeric column to predict")
     p.add_argument("--val", action="append", type=Path, metavar="PATH",
                    help="validation data (repeatable); default: val_fraction of --data held out")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="property model directory to write")
+    add_out(p, "property model directory to write")
     p.add_argument("--preset", choices=("tiny", "small", "judge"), default="small",
                    help="small: transformer (default); judge: deep-set, another seed (independent judge); tiny: tests")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a PropertyConfig field")
+    add_set(p, "PropertyConfig")
+    add_device(p, "for training")
     p.add_argument("--cache-dir", type=Path, help="where CSV/CIF inputs are prepared (default ~/.cache/crystalformer)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite(p)
+    add_quiet(p)
     p.set_defaults(func=cmd_train_property)
 
     p = sub.add_parser("design", help="inverse design: sample p(X | y*) ∝ p(X) p(y* | X) by Metropolis-Hastings",
@@ -229,11 +240,11 @@ def add_parsers(sub) -> None:
     from ..physics.cli import add_relax_options
 
     add_relax_options(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device of the prior (cpu, cuda, cuda:1, ...; default cpu)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_seed(p)
+    add_device(p, "of the prior")
+    add_out(p, "output folder")
+    add_overwrite(p)
+    add_quiet(p)
     p.set_defaults(func=cmd_design)
 
     p = sub.add_parser("finetune", help="fine-tune the prior toward design targets (reverse KL, score function)",
@@ -247,9 +258,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="T: reward / T (default 1)")
     p.add_argument("--trainable", choices=("token_head", "all"), default="token_head",
                    help="train only the discrete-choice head (default; stable) or every parameter")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda, cuda:1, ...; default cpu)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="model directory to write")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_seed(p)
+    add_device(p, "for training")
+    add_out(p, "model directory to write")
+    add_overwrite(p)
+    add_quiet(p)
     p.set_defaults(func=cmd_finetune)

@@ -168,7 +168,7 @@ class PropertyModel:
         """Predictions (target units) of token streams given as (ids, values) pairs."""
         out = []
         for i in range(0, len(streams), batch_size):
-            batch = _collate_streams(self.tokenizer, streams[i:i + batch_size])
+            batch = collate_streams(self.tokenizer, streams[i:i + batch_size])
             out.append(self.net(batch["ids"], batch["values"], batch["slots"], batch["mask"]).double().numpy())
         pred = np.concatenate(out) * float(self.metadata["std"]) + float(self.metadata["mean"]) if out else np.zeros(0)
         bad = np.flatnonzero(~np.isfinite(pred))
@@ -248,8 +248,8 @@ def stream_examples(tokenizer: CrystalTokenizer, streams) -> list[dict]:
     return examples
 
 
-def _collate_streams(tokenizer: CrystalTokenizer, streams) -> dict[str, torch.Tensor]:
-    from ..datamodule import collate
+def collate_streams(tokenizer: CrystalTokenizer, streams) -> dict[str, torch.Tensor]:
+    from ..model.batching import collate
 
     return collate(stream_examples(tokenizer, streams), tokenizer.pad_id)
 

@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .property import PropertyConfig, PropertyModel, PropertyNet, _collate_streams, gaussian_sigma, stream_examples
+from .property import (
+    PropertyConfig,
+    PropertyModel,
+    PropertyNet,
+    collate_streams,
+    gaussian_sigma,
+    stream_examples,
+)
 
 
 @dataclass
@@ -95,10 +102,12 @@ def check_csv_column(path, target: str) -> None:
 
 
 def train_property(data, target: str, out, config: PropertyConfig | None = None, val=None, cache_dir=None,
-                   overwrite: bool = False, progress: bool = True) -> PropertyResult:
-    """Train a property model of column ``target`` on ``data`` (CSV / CIF / prepared dirs) into ``out``."""
-    from ..data import PrepareConfig
-    from ..datamodule import as_prepared, default_cache_dir
+                   overwrite: bool = False, progress: bool = True, device: str = "cpu") -> PropertyResult:
+    """Train a property model of column ``target`` on ``data`` (CSV / CIF / prepared dirs) into ``out``.
+
+    ``device``: the torch device to train on; the saved model is on the CPU either way.
+    """
+    from ..data import PrepareConfig, as_prepared, default_cache_dir
 
     config = config or PropertyConfig()
     out = Path(out)
@@ -132,8 +141,9 @@ def train_property(data, target: str, out, config: PropertyConfig | None = None,
     mean, std = float(y.mean()), float(y.std()) or 1.0
     torch.manual_seed(config.seed)
     net = PropertyNet(config, tokenizer)
-    state, val_mae, epochs_run = _fit(net, streams, (y - mean) / std, val_streams, y_val, mean, std, config, progress)
-    net.load_state_dict(state)
+    state, val_mae, epochs_run = _fit(net, streams, (y - mean) / std, val_streams, y_val, mean, std, config, progress,
+                                      torch.device(device))
+    net.cpu().load_state_dict(state)
     model = PropertyModel(net, {"target": target, "mean": mean, "std": std, "sigma": 1.0})
     pred_val = model.predict_streams(val_streams)
     residuals = y_val - pred_val
@@ -154,19 +164,22 @@ def train_property(data, target: str, out, config: PropertyConfig | None = None,
                           dropped, wall)
 
 
-def _fit(net, streams, z, val_streams, y_val, mean, std, config: PropertyConfig, progress: bool):
-    """AdamW + cosine decay; returns the state of the epoch with the lowest validation MAE."""
-    from ..datamodule import collate
+def _fit(net, streams, z, val_streams, y_val, mean, std, config: PropertyConfig, progress: bool,
+         device: torch.device = torch.device("cpu")):
+    """AdamW + warm-up and cosine decay; returns the (CPU) state of the epoch with the lowest validation MAE."""
+    from ..model.batching import collate
+    from ..schedule import warmup_cosine
 
     tokenizer = net.tokenizer
     examples = stream_examples(tokenizer, streams)
-    z_t = torch.as_tensor(z, dtype=torch.float32)
-    val_batches = [_collate_streams(tokenizer, val_streams[i:i + 512]) for i in range(0, len(val_streams), 512)]
+    net.to(device)
+    z_t = torch.as_tensor(z, dtype=torch.float32, device=device)
+    val_batches = [{k: v.to(device) for k, v in collate_streams(tokenizer, val_streams[i:i + 512]).items()}
+                   for i in range(0, len(val_streams), 512)]
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(streams) / config.batch_size)
     total = steps_per_epoch * config.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, steps_per_epoch)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup=steps_per_epoch))
     loss_fn = {"huber": torch.nn.functional.huber_loss, "mse": torch.nn.functional.mse_loss,
                "l1": torch.nn.functional.l1_loss}[config.loss]
     g = torch.Generator().manual_seed(config.seed)
@@ -181,9 +194,9 @@ def _fit(net, streams, z, val_streams, y_val, mean, std, config: PropertyConfig,
         order = torch.randperm(len(streams), generator=g)
         for k in range(0, len(streams), config.batch_size):
             idx = order[k:k + config.batch_size]
-            batch = collate([examples[i] for i in idx.tolist()], tokenizer.pad_id)
+            batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx.tolist()], tokenizer.pad_id).items()}
             pred = net(batch["ids"], batch["values"], batch["slots"], batch["mask"])
-            loss = loss_fn(pred, z_t[idx])
+            loss = loss_fn(pred, z_t[idx.to(device)])
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -191,12 +204,12 @@ def _fit(net, streams, z, val_streams, y_val, mean, std, config: PropertyConfig,
             sched.step()
         net.eval()
         with torch.no_grad():
-            pred = torch.cat([net(b["ids"], b["values"], b["slots"], b["mask"]) for b in val_batches]).double().numpy()
+            pred = torch.cat([net(b["ids"], b["values"], b["slots"], b["mask"]) for b in val_batches]).double().cpu().numpy()
         mae = float(np.mean(np.abs(pred * std + mean - y_val)))
         if not math.isfinite(mae):
             raise FloatingPointError(f"validation MAE became {mae}: training diverged; lower lr")
         if mae < best:
-            best, best_state = mae, {k: v.detach().clone() for k, v in net.state_dict().items()}
+            best, best_state = mae, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         if progress:
             epochs.set_postfix(val_mae=f"{mae:.4f}", best=f"{best:.4f}")
     return best_state, best, config.epochs

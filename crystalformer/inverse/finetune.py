@@ -16,7 +16,7 @@ expectation contributes E[grad ln r_theta] = 0, so
 
 unbiased for any baseline b that does not depend on X; we use the leave-one-out mean of the
 batch. ln r_theta(X) = sum_t (log p_t - log Z_t) comes from one teacher-forced pass
-(:func:`crystalformer.design.proposals.stream_terms`), so coordinates and lattice densities are
+(:func:`crystalformer.inverse.proposals.stream_terms`), so coordinates and lattice densities are
 trained as well as the discrete choices. The result is a new prior (a model directory) whose
 plain samples lean toward the targets; Metropolis-Hastings on top of it stays exact for its
 own posterior.
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..sampling.constraints import Constraint, ConstraintMasks
-from .mcmc import _decodable
+from .mcmc import decodable
 from .proposals import decode_after, stream_masks, stream_terms
 
 
@@ -97,7 +97,7 @@ def finetune(prior, log_likelihood, config: FinetuneConfig | None = None, space_
     for step in steps:
         drawn = decode_after(policy, [([policy.grammar.bos], [0.0])] * config.batch_size, masks, generator)
         keep = [i for i in range(len(drawn)) if np.isfinite(drawn.log_w[i].sum())
-                and _decodable(policy, drawn.ids[i], drawn.values[i])]
+                and decodable(policy, drawn.ids[i], drawn.values[i])]
         if len(keep) < 2:
             continue
         streams = [(drawn.ids[i], drawn.values[i]) for i in keep]

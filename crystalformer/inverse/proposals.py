@@ -11,7 +11,7 @@ Both return, per stream, two arrays aligned with its positions:
 Masked decoding draws x_t from r(x_t | x_<t) = p(x_t | x_<t) 1[x_t allowed] / Z_t, so for a
 stream X that satisfies the constraint p(X) / r(X) = prod_t Z_t = exp(sum_t log_w[t]): the
 sums of ``log_w`` are the importance weights that make masked proposals exact in
-Metropolis-Hastings (see :mod:`crystalformer.design.mcmc`).
+Metropolis-Hastings (see :mod:`crystalformer.inverse.mcmc`).
 
 Without a composition prompt the grammar state after a prefix does not depend on which
 elements it holds, and the constraint masks depend only on the phase and the number of sites,
@@ -112,7 +112,7 @@ def stream_terms(model, streams, structural, allowed) -> tuple[torch.Tensor, tor
 
     Differentiable in the model's parameters (used by fine-tuning); 0 on padding.
     """
-    from ..datamodule import collate
+    from ..model.batching import collate
     from .property import stream_examples
 
     batch = collate(stream_examples(model.tokenizer, streams), model.tokenizer.pad_id)

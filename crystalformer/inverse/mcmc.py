@@ -5,7 +5,7 @@ Target (one chain per row of a batch; beta is the inverse temperature on the lik
     pi(X) ∝ p(X) 1[X satisfies the constraints] L(X)^beta,     L(X) = p(y* | X)
 
 where X is a token stream of the prior (its ``log_p`` and ``log_w`` per position, see
-:mod:`crystalformer.design.proposals`). With constraints the proposals decode from the masked
+:mod:`crystalformer.inverse.proposals`). With constraints the proposals decode from the masked
 prior r, and p / r = prod_t Z_t = W(X) (the importance weight). Three moves, one chosen per
 chain and step with fixed probabilities (a mixture of kernels, each reversible on its own):
 
@@ -115,7 +115,7 @@ class ChainResult:
         return rates
 
 
-def _decodable(model, ids, values) -> bool:
+def decodable(model, ids, values) -> bool:
     from ..errors import CrystalError
 
     try:
@@ -134,7 +134,7 @@ def _initial(model, n: int, masks: ConstraintMasks, log_likelihood, generator, m
         if need <= 0:
             break
         draw = decode_after(model, [([model.grammar.bos], [0.0])] * need, masks, generator)
-        ok = [i for i in range(need) if np.isfinite(draw.log_w[i].sum()) and _decodable(model, draw.ids[i],
+        ok = [i for i in range(need) if np.isfinite(draw.log_w[i].sum()) and decodable(model, draw.ids[i],
                                                                                          draw.values[i])]
         if not ok:
             continue
@@ -223,7 +223,7 @@ def metropolis_hastings(model, log_likelihood, n_chains: int, steps: int, moves:
         # --- accept or reject on the likelihood ratio (and the weight ratios above)
         changed = np.flatnonzero([prop_ids[c] is not state.ids[c] for c in range(n_chains)])
         inside = np.array([np.isfinite(log_prior_ratio[c]) and np.isfinite(prop_w[c].sum())
-                           and _decodable(model, prop_ids[c], prop_vals[c]) for c in changed], dtype=bool)
+                           and decodable(model, prop_ids[c], prop_vals[c]) for c in changed], dtype=bool)
         ll_new = np.full(n_chains, -np.inf)
         ok = changed[inside] if changed.size else changed
         outside += int(changed.size - ok.size)

@@ -1,6 +1,6 @@
 """Inverse design: crystals from p(X | y*) ∝ p(X) p(y* | X) by Metropolis-Hastings (:mod:`.mcmc`).
 
-``design`` ties each :class:`~crystalformer.design.targets.Target` to the property model of the
+``design`` ties each :class:`~crystalformer.inverse.targets.Target` to the property model of the
 same name, runs ``n`` chains for ``steps`` steps and returns the final state of every chain,
 ranked: crystals meeting every target first, then by the target log-likelihood. A target that
 no chain reached raises :class:`UnreachableTargetError` naming the best value seen (a fixed

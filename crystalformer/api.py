@@ -1,0 +1,110 @@
+"""Crystal structure prediction as one library call: draw, rank, remove duplicates, refine.
+
+:func:`predict_structure` is what ``crystalformer csp`` runs for each composition, and what
+``crystalformer.predict_structure`` is. It sits above sampling, refinement and physics, so that
+none of those imports another upward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from .model import CrystalFormer
+    from .physics.ranking import RankStats
+    from .physics.relax import RelaxConfig
+    from .refine.model import Refiner
+    from .sampling.api import Sample, SampleSet
+
+Rank = Literal["logp", "skeleton", "energy"]
+RANKS = ("logp", "skeleton", "energy")
+
+
+def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, rank: Rank = "logp",
+                      distinct: bool = True, candidates: int = 64, cell: str = "reduced",
+                      formula_units: Iterable[int] | None = None, max_atoms: int = 80,
+                      space_groups: Iterable[int] | None = None, n_particles: int | None = None,
+                      temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, smc: bool = True,
+                      refiner: Refiner | str | Path | None = None, sigma_start: float = 0.05, device: str = "cpu",
+                      relax_top: int = 8, potential: str = "chgnet", relax: RelaxConfig | None = None,
+                      tie_window: float = 0.03, rank_stats: RankStats | None = None) -> SampleSet:
+    """``n`` candidate structures of ``composition`` (e.g. ``"SrTiO3"``), best first.
+
+    - ``rank="logp"``: by the model's log-likelihood; ``"skeleton"``: by the probability of the
+      symmetry skeleton (space group, Wyckoff letters, elements) over ``candidates`` draws;
+      ``"energy"``: ``candidates`` draws, single points for all, the best ``relax_top`` relaxed,
+      ranked by relaxed energy per atom (needs ``crystalformer[physics]``).
+    - ``distinct``: duplicates (StructureMatcher) of a better-ranked candidate are removed; with
+      ``rank="logp"`` twice ``n`` are drawn so that ``n`` distinct ones usually remain.
+      The result's ``drawn`` and ``duplicates`` say how many were drawn and removed.
+    - ``refiner``: positions refined by the score model before ranking by energy, after the
+      other rankings.
+    - ``cell``, ``formula_units``, ``max_atoms``, ``space_groups``, ``n_particles``, ``temperature``,
+      ``top_p``, ``smc``: as in :func:`crystalformer.sampling.api.predict_structure`.
+    """
+    from .sampling.api import MAX_CSP_PARTICLES
+    from .sampling.api import predict_structure as draw
+    from .sampling.dedup import MAX_PAIRWISE, distinct_samples
+
+    if rank not in RANKS:
+        raise ValueError(f"rank must be one of {', '.join(RANKS)}; got {rank!r}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    options = dict(cell=cell, formula_units=formula_units, max_atoms=max_atoms, space_groups=space_groups,
+                   temperature=temperature, top_p=top_p, seed=seed, smc=smc)
+
+    def refined(samples: list[Sample]) -> list[Sample]:
+        return samples if refiner is None else refine_samples(refiner, samples, sigma_start, seed, device)
+
+    if rank == "energy":
+        from .physics import require
+        from .physics.potential import load_potential
+        from .physics.ranking import RankConfig, rank_by_energy
+
+        require('rank="energy"')
+        config = RankConfig(candidates=max(candidates, n), relax_top=relax_top, tie_window=tie_window,
+                            **({} if relax is None else {"relax": relax}))
+        result = draw(model, composition, config.candidates, n_particles=_particles(n_particles, config.candidates),
+                      **options)
+        pot = load_potential(potential) if isinstance(potential, str) else potential
+        result.samples = rank_by_energy(refined(result.samples), pot, n=n, config=config, stats=rank_stats)
+        result.drawn = config.candidates
+        return result
+    dedup = distinct and 2 * n <= MAX_PAIRWISE
+    drawn = n
+    if rank == "skeleton":  # a wider pool: the skeleton order brings up what log p buries
+        drawn = min(max(2 * n, candidates), MAX_CSP_PARTICLES)
+    elif dedup:  # twice as many, the first n distinct ones kept
+        drawn = min(2 * n, MAX_CSP_PARTICLES)
+    result = draw(model, composition, drawn, n_particles=_particles(n_particles, drawn), **options)
+    if rank == "skeleton":
+        from .sampling.skeleton import rank_by_skeleton
+
+        result.samples = rank_by_skeleton(model, result.samples)
+    if dedup:
+        result.samples, result.duplicates = distinct_samples(result.samples, n)
+    result.samples = refined(result.samples[:n])
+    result.drawn = drawn
+    return result
+
+
+def refine_samples(refiner: Refiner | str | Path, samples: list[Sample], sigma_start: float = 0.05, seed: int = 0,
+                   device: str = "cpu") -> list[Sample]:
+    """Copies of ``samples`` whose crystals the score model refined (log-likelihoods stay the sampler's)."""
+    from .refine.api import refine_crystals
+
+    index = [i for i, s in enumerate(samples) if s.crystal is not None]
+    crystals = refine_crystals(refiner, [samples[i].crystal for i in index], sigma_start=sigma_start, seed=seed,
+                               device=device)
+    out = list(samples)
+    for i, crystal in zip(index, crystals):
+        out[i] = replace(samples[i], crystal=crystal)
+    return out
+
+
+def _particles(n_particles: int | None, drawn: int) -> int | None:
+    return None if n_particles is None else max(n_particles, drawn)
