@@ -104,7 +104,8 @@ def main(argv=None) -> int:
     from crystalformer.evaluation.loading import load_entries
     from crystalformer.evaluation.symmetry_stats import space_group_number
     from crystalformer.evaluation.uniqueness import default_matcher
-    from crystalformer.evaluation.validity import smact_validity, structure_validity
+    from crystalformer.evaluation.validity import smact_validity
+    from crystalformer.validity import structure_validity
 
     entries = load_entries(args.csv)[:args.n]
     with warnings.catch_warnings():

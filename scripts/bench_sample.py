@@ -10,7 +10,8 @@ Median of --repeats runs.
     python scripts/bench_sample.py --presets small base --batch-sizes 100 1000 --json bench_sample.json
 
 --compare REV times today's code against a git revision side by side, because absolute times
-on shared machines drift by 2x between runs: REV is checked out in a temporary worktree, and
+on shared machines drift by 2x between runs: REV and today's code (HEAD with uncommitted changes
+to tracked files, via ``git stash create``) are checked out in temporary worktrees, and
 each repeat runs one worker process per side (order alternating), each importing its own
 tree's package and timing decode, Structure building and CIF writing (the writer that
 revision's CLI uses) of one batch with the same model weights, seed and threads. Prints each
@@ -117,16 +118,21 @@ def compare(rev: str, model_dir: Path, batches: list[int], repeats: int, threads
     root = Path(__file__).resolve().parents[1]
     sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", rev], check=True, capture_output=True,
                          text=True).stdout.strip()
+    # today's code is frozen too (HEAD plus uncommitted changes to tracked files), so edits made
+    # while the benchmark runs cannot reach its workers
+    today = subprocess.run(["git", "-C", str(root), "stash", "create"], check=True, capture_output=True,
+                           text=True).stdout.strip() or "HEAD"
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
-        tree = Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), sha], check=True,
-                       capture_output=True)
+        trees = {"today": Path(tmp) / "today", sha: Path(tmp) / "old"}
+        for side, rev in (("today", today), (sha, sha)):
+            subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(trees[side]), rev], check=True,
+                           capture_output=True)
         try:
             for batch in batches:
                 runs = {"today": [], sha: []}
                 for r in range(repeats):
-                    order = [("today", root), (sha, tree)]
+                    order = list(trees.items())
                     for side, path in order if r % 2 == 0 else order[::-1]:
                         env = dict(os.environ, PYTHONPATH=str(path), OMP_NUM_THREADS=str(threads))
                         out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker",
@@ -141,8 +147,9 @@ def compare(rev: str, model_dir: Path, batches: list[int], repeats: int, threads
                 rows.append({"batch": batch, "today": _medians(runs["today"], batch),
                              sha: _medians(runs[sha], batch), "runs": runs})
         finally:
-            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], check=False,
-                           capture_output=True)
+            for path in trees.values():
+                subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(path)], check=False,
+                               capture_output=True)
     for row in rows:
         row["ratio"] = {k: round(row["today"][k] / row[sha][k], 2) for k in row["today"] if k.endswith("per_s")}
     return {"revision": sha, "threads": threads, "repeats": repeats, "rows": rows}

@@ -14,7 +14,8 @@ from crystalformer.evaluation.csp import match_rate_and_rmse
 from crystalformer.evaluation.distributions import property_wdist
 from crystalformer.evaluation.symmetry_stats import space_group_stats
 from crystalformer.evaluation.uniqueness import novelty, uniqueness
-from crystalformer.evaluation.validity import smact_validity, structure_validity
+from crystalformer.evaluation.validity import smact_validity
+from crystalformer.validity import structure_validity
 from crystalformer.evaluation.analysis import Entry
 from crystalformer.evaluation.coverage import (composition_fingerprint, cutoffs_for, normalize_composition_fps,
                                                structure_fingerprint)
@@ -255,3 +256,19 @@ def test_guess_dataset_from_reference_path():
     assert guess_dataset("../shared/data/perov_5/train.csv") == "perov_5"
     assert guess_dataset("data/mp20_sample.csv") == "mp_20"
     assert guess_dataset("refs/train.csv") is None
+
+
+def test_sampling_flags_and_evaluation_share_one_validity_rule():
+    """A one-atom cell 0.6 Å on a side: valid by the benchmark rule (no distinct pair) in both places,
+    but its atom touches its own image, which the contact flag shows."""
+    from pymatgen.core import Lattice, Structure
+
+    from crystalformer.sampling.output import structure_checks
+
+    class _Crystal:
+        def to_structure(self):
+            return Structure(Lattice.cubic(0.6), ["Na"], [[0, 0, 0]])
+
+    structure, flags = structure_checks(_Crystal())
+    assert structure_validity(structure) is True and flags["valid_structure"] is True
+    assert flags["plausible_contacts"] is False and flags["min_distance"] == 0.6

@@ -90,7 +90,7 @@ def _step(out: dict, name: str, fn) -> bool:
 
 
 def _structure_valid(s) -> bool:
-    from .validity import structure_validity
+    from ..validity import structure_validity
 
     return structure_validity(s)
 

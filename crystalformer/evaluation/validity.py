@@ -1,7 +1,8 @@
 """Validity of generated crystals, as CDVAE (Xie et al., ICLR 2022) and DiffCSP (Jiao et al., NeurIPS 2023) define it.
 
 - structural: every pair of distinct sites at least 0.5 Å apart (minimum image) and a cell
-  volume of at least 0.1 Å^3;
+  volume of at least 0.1 Å^3 (:func:`crystalformer.validity.structure_validity`, the one
+  definition sampling output uses too);
 - compositional: SMACT finds at least one assignment of oxidation states that is charge
   neutral and passes the Pauling electronegativity test; a single element and an
   all-metal composition (an alloy) pass without the test.
@@ -16,32 +17,9 @@ from math import gcd
 
 import numpy as np
 
-MIN_DISTANCE = 0.5  # Å
-MIN_VOLUME = 0.1  # Å^3
 # DiffCSP gives up (invalid) when the oxidation-state combinations exceed 1e7: e.g. 8 elements
 # with 8 states each (8^8 = 1.7e7); CDVAE has no such limit but never meets such compositions.
 MAX_OXIDATION_COMBINATIONS = 10_000_000
-
-
-def structure_validity(structure, cutoff: float = MIN_DISTANCE, min_volume: float = MIN_VOLUME) -> bool:
-    """True when all distinct-site distances are >= ``cutoff`` Å and the volume is >= ``min_volume`` Å^3.
-
-    Distances are pymatgen's minimum-image ``distance_matrix`` with the diagonal ignored, as in
-    CDVAE: a one-atom cell passes whatever its lattice vectors (its own images are not checked).
-    """
-    if not np.isfinite(structure.volume) or structure.volume < min_volume:
-        return False
-    if len(structure) < 2:
-        return True
-    d = structure.distance_matrix
-    return bool(d[np.triu_indices(len(structure), 1)].min() >= cutoff)
-
-
-def min_distance(structure) -> float | None:
-    """Smallest distance between two distinct sites in Å (None for a one-atom cell)."""
-    if len(structure) < 2:
-        return None
-    return float(structure.distance_matrix[np.triu_indices(len(structure), 1)].min())
 
 
 def reduced_counts(structure_or_composition) -> tuple[tuple[str, ...], tuple[int, ...]]:

@@ -19,10 +19,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..validity import MIN_DISTANCE
 from . import require
 from .separate import push_apart
-
-MIN_DISTANCE = 0.5  # Å: below this a relaxed structure is counted as exploded
 
 
 @dataclass(frozen=True)

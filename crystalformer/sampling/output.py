@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import assembled, check_output_folder
+from ..validity import MIN_DISTANCE, structure_validity
 
-MIN_DISTANCE = 0.5  # Å, the CDVAE structural-validity cut-off
-MIN_VOLUME = 0.1  # Å^3
 CONTACT_RATIO = 0.7  # x (sum of covalent radii): closer atoms are flagged as an implausible contact
 FILTERS = ("valid", "contacts", "charge")  # --filter: structurally valid, plausible contacts, charge-balanced
 
@@ -47,7 +46,7 @@ def structure_checks(crystal) -> tuple[object | None, dict]:
     dmin, ratio = contact_stats(structure)
     flags["min_distance"] = round(dmin, 4)
     flags["contact_ratio"] = round(ratio, 3)
-    flags["valid_structure"] = bool(dmin >= MIN_DISTANCE and structure.volume >= MIN_VOLUME)
+    flags["valid_structure"] = structure_validity(structure)
     flags["plausible_contacts"] = bool(ratio >= CONTACT_RATIO and flags["valid_structure"])
     flags["charge_balanced"] = charge_balanced(structure.composition.reduced_formula)
     return structure, flags
@@ -56,10 +55,10 @@ def structure_checks(crystal) -> tuple[object | None, dict]:
 def contact_stats(structure) -> tuple[float, float]:
     """(closest distance in Å, closest distance over the sum of the two atoms' covalent radii).
 
-    Pairs use the minimum image; an atom and its own image count at the shortest cell length.
+    Pairs use the minimum image; an atom and its own image count at the shortest lattice vector.
     """
     radii = np.array([_covalent_radius(site.specie.symbol) for site in structure])
-    shortest_period = float(min(structure.lattice.abc))
+    shortest_period = float(min(structure.lattice.get_niggli_reduced_lattice().abc))  # the shortest lattice vector
     self_ratio = shortest_period / (2 * float(radii.max()))
     if len(structure) == 1:
         return shortest_period, self_ratio
@@ -76,8 +75,7 @@ def has_plausible_contacts(crystal) -> bool:
         structure = crystal.to_structure()
     except (ValueError, ArithmeticError):
         return False
-    dmin, ratio = contact_stats(structure)
-    return dmin >= MIN_DISTANCE and structure.volume >= MIN_VOLUME and ratio >= CONTACT_RATIO
+    return structure_validity(structure) and contact_stats(structure)[1] >= CONTACT_RATIO
 
 
 @functools.lru_cache(maxsize=None)
