@@ -22,7 +22,6 @@ mean-predictor MAE, coverage, training quantiles); nothing is unpickled.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +30,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..atomic import swap_into_place, temporary_sibling
+from ..artifacts import PROPERTY, read_artifact, write_artifact
 from ..config import ModelConfig, config_from_dict, config_to_dict
 from ..tokenizer import CrystalTokenizer
 
-FORMAT = "crystalformer-property"
-FORMAT_VERSION = 1
-FILES = ("config.json", "model.safetensors", "tokenizer.json", "metadata.json")
+FORMAT, FORMAT_VERSION = PROPERTY.format, PROPERTY.version
 ARCHS = ("transformer", "deepset")
 
 
@@ -187,39 +184,18 @@ class PropertyModel:
         return self.predict_streams(streams, batch_size)
 
     def save(self, path) -> Path:
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tmp = temporary_sibling(path)
-        _write_json(tmp / "config.json", {"format": FORMAT, "format_version": FORMAT_VERSION,
-                                          "property": config_to_dict(self.net.config)})
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()},
-                  str(tmp / "model.safetensors"))
-        self.tokenizer.save(tmp)
-        _write_json(tmp / "metadata.json", self.metadata)
-        swap_into_place(tmp, path)
-        return path
+        return write_artifact(path, PROPERTY, config_to_dict(self.net.config), self.net, self.tokenizer, self.metadata)
 
 
 def load_property_model(path) -> PropertyModel:
     """The property model stored in directory ``path`` (safetensors + JSON only)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    missing = [f for f in FILES if not (path / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{path} is not a property model directory: missing {', '.join(missing)}")
-    data = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path / 'config.json'} is not a crystalformer property model (format "
-                         f"{data.get('format')!r} version {data.get('format_version')!r})")
-    config = config_from_dict(PropertyConfig, data["property"])
-    net = PropertyNet(config, CrystalTokenizer.load(path))
+    artifact = read_artifact(Path(path), PROPERTY)
     try:
-        net.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path / 'model.safetensors'} does not fit the network in config.json: {err}") from None
-    return PropertyModel(net, json.loads((path / "metadata.json").read_text(encoding="utf-8")))
+        config = config_from_dict(PropertyConfig, artifact.config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{artifact.path / 'config.json'}: {err}") from None
+    net = artifact.load_into(PropertyNet(config, artifact.tokenizer))
+    return PropertyModel(net, artifact.metadata)
 
 
 def gaussian_sigma(residuals: np.ndarray, coverage: float) -> float:
@@ -252,7 +228,3 @@ def collate_streams(tokenizer: CrystalTokenizer, streams) -> dict[str, torch.Ten
     from ..model.batching import collate
 
     return collate(stream_examples(tokenizer, streams), tokenizer.pad_id)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
