@@ -73,7 +73,7 @@ INIT_WARMUP_STEPS = 50
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import ModelConfig, TrainConfig, apply_overrides
+    from .config import ModelConfig, TrainConfig, apply_overrides, parse_set
     from .lit import NonFiniteLossError
     from .train import train
 
@@ -102,11 +102,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not isinstance(loaded, dict):
             raise UsageError(f"--config {args.config}: expected a mapping of config fields")
         overrides.update(loaded)
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item!r}: expected FIELD=VALUE")
-        overrides[key.strip()] = value.strip()
+    try:
+        overrides.update(parse_set(args.set))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if args.device is not None:
         from .options import lightning_device
 

@@ -170,9 +170,28 @@ def apply_overrides(model: ModelConfig, train: TrainConfig, overrides: dict) -> 
         for key in nested[part]:
             if key not in table:
                 raise ValueError(f"unknown {part} config field {key!r}; known: {sorted(table)}")
-    model = dataclasses.replace(model, **{k: _convert(model_fields[k], v) for k, v in nested["model"].items()})
-    train = dataclasses.replace(train, **{k: _convert(train_fields[k], v) for k, v in nested["train"].items()})
-    return model, train
+    return override(model, nested["model"]), override(train, nested["train"])
+
+
+def parse_set(items) -> dict[str, str]:
+    """``--set FIELD=VALUE`` items (any number) as {field: value} strings; the one parser of every command."""
+    out = {}
+    for item in items or []:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def override(config, values: dict):
+    """``config`` (a dataclass) with ``values`` (strings from the command line, or YAML values) converted
+    to its fields' types; an unknown field is named with the known ones."""
+    table = {f.name: f for f in fields(config)}
+    unknown = sorted(set(values) - set(table))
+    if unknown:
+        raise ValueError(f"unknown {type(config).__name__} field(s) {unknown}; known: {sorted(table)}")
+    return dataclasses.replace(config, **{k: _convert(table[k], v) for k, v in values.items()})
 
 
 def _convert(f: dataclasses.Field, value):
@@ -195,4 +214,4 @@ def _convert(f: dataclasses.Field, value):
 
 
 __all__ = ["ModelConfig", "TrainConfig", "MODEL_PRESETS", "TRAIN_PRESETS", "apply_overrides", "config_to_dict",
-           "config_from_dict"]
+           "config_from_dict", "override", "parse_set"]

@@ -29,22 +29,12 @@ def cmd_train_property(args) -> int:
     for path in [*args.data, *(args.val or [])]:
         if not path.exists():
             raise UsageError(f"{path}: file or folder not found")
-    overrides = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item!r}: expected FIELD=VALUE")
-        overrides[key.strip()] = value.strip()
-    base = PropertyConfig.from_name(args.preset)
-    fields = {f: type(getattr(base, f)) for f in base.__dataclass_fields__}
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise UsageError(f"unknown property config field(s) {unknown}; known: {sorted(fields)}")
+    from ..config import override, parse_set
+
     try:
-        typed = {k: fields[k](v) for k, v in overrides.items()}
+        config = override(PropertyConfig.from_name(args.preset), parse_set(args.set))
     except ValueError as err:
         raise UsageError(f"--set: {err}") from None
-    config = PropertyConfig.from_name(args.preset, **typed)
     result = train_property(args.data, args.target, args.out, config, val=args.val, cache_dir=args.cache_dir,
                             overwrite=args.overwrite, progress=not args.quiet, device=args.device)
     print(result.table())
