@@ -49,10 +49,10 @@ def cmd_train_refiner(args) -> int:
 
 
 def cmd_refine(args) -> int:
+    from ..sampling.output import check_output_dir
     from .api import refine_crystals
     from .io import load_refiner
     from .output import read_inputs, write_refined
-    from ..sampling.output import check_output_dir
 
     if args.model is None:
         from ..defaults import default_dir

@@ -12,8 +12,7 @@ from .symmetry import collate
 
 def load_crystals(inputs, cache_dir=None, max_atoms: int | None = None, progress: bool = False) -> list[Crystal]:
     """Every kept crystal of ``inputs`` (paths); crystals with more than ``max_atoms`` atoms are skipped."""
-    from ..data import PrepareConfig, load_prepared
-    from ..datamodule import as_prepared, default_cache_dir
+    from ..data import PrepareConfig, as_prepared, default_cache_dir, load_prepared
 
     paths = [Path(p) for p in ([inputs] if isinstance(inputs, (str, Path)) else inputs)]
     for p in paths:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from ..atomic import swap_into_place, temporary_sibling
-
 from .config import RefinerConfig
 from .model import Refiner
 

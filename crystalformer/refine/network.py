@@ -19,7 +19,9 @@ a, b from the last layer (G~ the scaled Gram matrix, so G~ d~ is the fractional 
 Cartesian bond vector). The edge term is a learned pair "force" along bonds; divided by sigma it
 predicts (x0 - z) / sigma ~ -eps with O(1) weights, where a plain per-atom head would need a gain
 of 1 / sigma (200 at sigma_min = 0.005) to read a 0.005 displacement off its inputs.
-Cost: all ordered pairs, sum_b N_b (N_b - 1) edges per call.
+Cost: all ordered pairs, sum_b N_b (N_b - 1) edges per call. ``pairs`` may be an edge list
+(:func:`pair_index`, used for training) or :class:`~crystalformer.refine.blocks.CrystalBlocks`
+(dense pair grids, :mod:`~crystalformer.refine.dense`: the same function, several times faster).
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ import math
 import torch
 from torch import nn
 
+from .blocks import CrystalBlocks
 from .config import NetworkConfig
+
+Pairs = tuple[torch.Tensor, torch.Tensor] | CrystalBlocks  # an edge list (i, j) or dense blocks
 
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -79,8 +84,19 @@ class ScoreNetwork(nn.Module):
         return torch.cat([torch.sin(s), torch.cos(s)], -1)  # (B, 2F)
 
     def forward(self, frac: torch.Tensor, sigma: torch.Tensor, lattice: torch.Tensor, species: torch.Tensor,
-                atom_batch: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """frac (N, 3), sigma (B,), lattice (B, 3, 3) rows = vectors in Å, species (N,), atom_batch (N,) -> (N, 3)."""
+                atom_batch: torch.Tensor, pairs: Pairs | None = None) -> torch.Tensor:
+        """frac (N, 3), sigma (B,), lattice (B, 3, 3) rows = vectors in Å, species (N,), atom_batch (N,) -> (N, 3).
+
+        pairs: the edge list of ``atom_batch`` (default: all of them) or its dense blocks (inference
+        only: under ``torch.no_grad()``).
+        """
+        if isinstance(pairs, CrystalBlocks):
+            if torch.is_grad_enabled():
+                raise RuntimeError("dense pair blocks are for inference: call under torch.no_grad(), "
+                                   "or pass the edge list (pair_index) to train")
+            from .dense import dense_forward
+
+            return dense_forward(self, frac, sigma, lattice, species, pairs)
         i, j = pair_index(atom_batch) if pairs is None else pairs
         dtype = frac.dtype
         h = self.embed(species.clamp(max=self.config.max_z)) + self.sigma_mlp(self._sigma_features(sigma))[atom_batch]

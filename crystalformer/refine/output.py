@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 from ..atomic import assembled
-
 from ..crystal import Crystal
 
 

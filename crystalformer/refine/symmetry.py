@@ -13,12 +13,14 @@ mask (S, 3). Each atom a of site s has an affine image x_a = R_a u_s + t_a (R_a 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from ..crystal import Crystal, Site
+from ..elements import atomic_number
 from ..symmetry.tables import space_group
 from .wrapped import wrap
 
@@ -70,19 +72,25 @@ class RefineBatch:
         return wrap(self.u + sigma_sites * eps * self.mask) * self.mask
 
 
-def _position_tensors(wp):
+@functools.cache
+def _position_tensors(space_group_number: int, letter: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rot (m, 3, 3), trans (m, 3), pinv (m, 3, 3)) of a Wyckoff position; cached (read-only arrays)."""
+    wp = space_group(space_group_number).position(letter)
     k = wp.dof
     rot = np.zeros((wp.multiplicity, 3, 3))
     rot[:, :, :k] = wp.orbit_rotations
     pinv = np.zeros((wp.multiplicity, 3, 3))
     if k:
         pinv[:, :k, :] = np.linalg.pinv(wp.orbit_rotations)  # (m, k, 3)
-    return rot, wp.orbit_translations, pinv
+    trans = np.array(wp.orbit_translations, dtype=float)  # (m, 3)
+    for a in (rot, trans, pinv):
+        a.flags.writeable = False
+    return rot, trans, pinv
 
 
 def collate(crystals: list[Crystal], dtype=torch.float32) -> RefineBatch:
     """Tensors of a list of crystals (conventional cells, the Wyckoff tables' setting)."""
-    from pymatgen.core import Element, Lattice
+    from pymatgen.core import Lattice
 
     if not crystals:
         raise ValueError("collate needs at least one crystal")
@@ -98,13 +106,13 @@ def collate(crystals: list[Crystal], dtype=torch.float32) -> RefineBatch:
             u.append(row)
             mask.append([1.0] * wp.dof + [0.0] * (3 - wp.dof))
             site_batch.append(b)
-            rot, trans, pinv = _position_tensors(wp)
+            rot, trans, pinv = _position_tensors(crystal.space_group, site.letter)
             rots.append(rot)
             transs.append(trans)
             pinvs.append(pinv)
             atom_site.extend([s_index] * wp.multiplicity)
             atom_batch.extend([b] * wp.multiplicity)
-            species.extend([Element(site.element).Z] * wp.multiplicity)
+            species.extend([atomic_number(site.element)] * wp.multiplicity)
             s_index += 1
             n += wp.multiplicity
         lats.append(Lattice.from_parameters(*crystal.lattice).matrix)
