@@ -17,11 +17,12 @@ if TYPE_CHECKING:
     from .model import CrystalFormer
     from .physics.ranking import RankStats
     from .physics.relax import RelaxConfig
-    from .refine.model import Refiner
+    from .refinement.model import Refiner
     from .sampling.api import Sample, SampleSet
 
 Rank = Literal["logp", "skeleton", "energy"]
 RANKS = ("logp", "skeleton", "energy")
+REDRAW_ROUNDS = 3  # extra draws when duplicates leave fewer than n distinct candidates
 
 
 def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, rank: Rank = "logp",
@@ -39,8 +40,9 @@ def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, ra
       ``"energy"``: ``candidates`` draws, single points for all, the best ``relax_top`` relaxed,
       ranked by relaxed energy per atom (needs ``crystalformer[physics]``).
     - ``distinct``: duplicates (StructureMatcher) of a better-ranked candidate are removed; with
-      ``rank="logp"`` twice ``n`` are drawn so that ``n`` distinct ones usually remain.
-      The result's ``drawn`` and ``duplicates`` say how many were drawn and removed.
+      ``rank="logp"`` twice ``n`` are drawn, and while fewer than ``n`` distinct ones remain, up
+      to :data:`REDRAW_ROUNDS` more draws (new seeds) join the pool, which is ranked again. The
+      result's ``drawn`` and ``duplicates`` say how many were drawn and removed.
     - ``refiner``: positions refined by the score model before ranking by energy, after the
       other rankings.
     - ``cell``, ``formula_units``, ``max_atoms``, ``space_groups``, ``n_particles``, ``temperature``,
@@ -49,6 +51,7 @@ def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, ra
     from .sampling.api import MAX_CSP_PARTICLES
     from .sampling.api import predict_structure as draw
     from .sampling.dedup import MAX_PAIRWISE, distinct_samples
+    from .sampling.skeleton import rank_by_skeleton
 
     if rank not in RANKS:
         raise ValueError(f"rank must be one of {', '.join(RANKS)}; got {rank!r}")
@@ -81,21 +84,30 @@ def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, ra
     elif dedup:  # twice as many, the first n distinct ones kept
         drawn = min(2 * n, MAX_CSP_PARTICLES)
     result = draw(model, composition, drawn, n_particles=_particles(n_particles, drawn), **options)
+    pool, total = list(result.samples), drawn
     if rank == "skeleton":
-        from .sampling.skeleton import rank_by_skeleton
-
-        result.samples = rank_by_skeleton(model, result.samples)
+        result.samples = rank_by_skeleton(model, pool)
     if dedup:
         result.samples, result.duplicates = distinct_samples(result.samples, n)
+        for extra in range(1, REDRAW_ROUNDS + 1):  # too few distinct: draw again (new seed), merge, rank again
+            if len(result.samples) >= n or total + drawn > MAX_PAIRWISE:
+                break
+            more = draw(model, composition, drawn, n_particles=_particles(n_particles, drawn),
+                        **{**options, "seed": seed + 7919 * extra})
+            pool += more.samples
+            total += drawn
+            ordered = rank_by_skeleton(model, pool) if rank == "skeleton" else \
+                sorted(pool, key=lambda s: -s.log_likelihood)
+            result.samples, result.duplicates = distinct_samples(ordered, n)
     result.samples = refined(result.samples[:n])
-    result.drawn = drawn
+    result.drawn = total
     return result
 
 
 def refine_samples(refiner: Refiner | str | Path, samples: list[Sample], sigma_start: float = 0.05, seed: int = 0,
                    device: str = "cpu") -> list[Sample]:
     """Copies of ``samples`` whose crystals the score model refined (log-likelihoods stay the sampler's)."""
-    from .refine.api import refine_crystals
+    from .refinement.api import refine_crystals
 
     index = [i for i, s in enumerate(samples) if s.crystal is not None]
     crystals = refine_crystals(refiner, [samples[i].crystal for i in index], sigma_start=sigma_start, seed=seed,

@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.cli import add_parser as _add_evaluate
     from .inverse.cli import add_parsers as _add_design
     from .physics.cli import add_parsers as _add_physics
-    from .refine.cli import add_parsers as _add_refine
+    from .refinement.cli import add_parsers as _add_refine
     from .sampling.cli import add_parsers as _add_sampling
 
     for add in (_add_data, _add_train, _add_models, _add_sampling, _add_refine, _add_design, _add_physics,

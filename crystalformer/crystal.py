@@ -45,7 +45,13 @@ import numpy as np
 
 from .elements import atomic_number
 from .errors import MAX_INPUT_ATOMS, CrystalError
-from .symmetry import LETTERS, expand_lattice, free_lattice_names, reduce_lattice, space_group
+from .symmetry import (
+    LETTERS,
+    expand_lattice,
+    free_lattice_names,
+    reduce_lattice,
+    space_group,
+)
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure

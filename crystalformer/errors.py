@@ -5,7 +5,6 @@ The data pipeline counts skipped inputs by ``reason``; users see the message.
 
 from __future__ import annotations
 
-
 MAX_INPUT_ATOMS = 5000  # far above any crystal the model represents; spglib on 100k atoms takes minutes
 
 

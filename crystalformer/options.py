@@ -122,6 +122,11 @@ def add_device(parser, what: str = "", default: str | None = "cpu") -> None:
                                                           f"({DEVICES}; {tail})")
 
 
+def add_model(parser, help: str = "shipped model name (mp_20, perov_5, carbon_24; see `crystalformer models`) or "
+                                   "model directory (default: mp_20, the model for real materials)") -> None:
+    parser.add_argument("--model", metavar="NAME|DIR", help=help)
+
+
 def add_seed(parser, help: str = "random seed") -> None:
     parser.add_argument("--seed", type=int, default=0, help=f"{help} (default 0)")
 

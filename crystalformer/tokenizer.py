@@ -31,10 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from .crystal import Crystal, Site
-
 from .elements import MAX_Z, SYMBOLS, atomic_number
 from .errors import CrystalError
-from .symmetry import LATTICE_NAMES, LETTERS, expand_lattice, free_lattice_names, space_group
+from .symmetry import (
+    LATTICE_NAMES,
+    LETTERS,
+    expand_lattice,
+    free_lattice_names,
+    space_group,
+)
 
 PAD, UNK, BOS, EOS, STOP, COMP, END_COMP = "[PAD]", "[UNK]", "[BOS]", "[EOS]", "[STOP]", "[COMP]", "[/COMP]"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, STOP, COMP, END_COMP)

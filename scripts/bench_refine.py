@@ -66,7 +66,7 @@ def _dsm_by_sigma(refiner, crystals, sigmas, repeats: int, batch_size: int, seed
     """Normalized DSM loss per sigma, weighted by free coordinates (as the training loss is per batch)."""
     import torch
 
-    from crystalformer.refine.symmetry import collate
+    from crystalformer.refinement.symmetry import collate
 
     out = {}
     g = torch.Generator().manual_seed(seed)
@@ -97,10 +97,10 @@ def _parse_config(text: str) -> dict:
 def main(argv=None) -> int:
     import torch
 
-    from crystalformer.refine.api import refine_crystals
-    from crystalformer.refine.data import load_crystals
-    from crystalformer.refine.io import load_refiner
-    from crystalformer.refine.symmetry import collate, crystals_from_u
+    from crystalformer.refinement.api import refine_crystals
+    from crystalformer.refinement.data import load_crystals
+    from crystalformer.refinement.io import load_refiner
+    from crystalformer.refinement.symmetry import collate, crystals_from_u
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True)

@@ -50,8 +50,8 @@ def main(argv=None) -> int:
     import crystalformer
     from crystalformer.defaults import default_dir
     from crystalformer.model import load_model
-    from crystalformer.refine.api import refine_crystals
-    from crystalformer.refine.io import load_refiner
+    from crystalformer.refinement.api import refine_crystals
+    from crystalformer.refinement.io import load_refiner
     from crystalformer.sampling.api import sample
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -52,7 +52,7 @@ def main() -> None:
     from crystalformer.physics.relax import RelaxConfig
     from crystalformer.physics.samples import relax_samples
     from crystalformer.physics.stability import StabilityJudge
-    from crystalformer.refine.api import refine_crystals
+    from crystalformer.refinement.api import refine_crystals
     from crystalformer.sampling.api import sample
     from crystalformer.sampling.output import structure_checks, write_samples
 

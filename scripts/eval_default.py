@@ -62,7 +62,7 @@ def refine(refiner, samples: list, args) -> tuple[list, float]:
     """Refined copies of ``samples`` (Sample objects; those without a crystal stay as they are)."""
     from dataclasses import replace
 
-    from crystalformer.refine.api import refine_crystals
+    from crystalformer.refinement.api import refine_crystals
 
     t0 = time.perf_counter()
     ok = [i for i, s in enumerate(samples) if s.crystal is not None]
@@ -213,7 +213,7 @@ def main() -> None:
     refiner = None
     if args.refiner:
         from crystalformer.defaults import default_dir
-        from crystalformer.refine.io import load_refiner
+        from crystalformer.refinement.io import load_refiner
 
         refiner = load_refiner(default_dir("refiner") if args.refiner == "default" else Path(args.refiner), "cpu")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -83,3 +83,18 @@ def test_truncated_weights_are_named(folders, tmp_path):
     (copy / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ArtifactError, match="model.safetensors"):
         load_property_model(copy)
+
+
+def test_the_shipped_refiner_in_the_older_layout_still_loads(tmp_path):
+    """The refiner shipped before the common layout (format "crystalformer-refiner/2", fields at the top)."""
+    from crystalformer.defaults import default_dir
+    from crystalformer.refinement.io import load_refiner, save_refiner
+
+    shipped = default_dir("refiner")
+    assert json.loads((shipped / "config.json").read_text())["format"] == "crystalformer-refiner/2"
+    old = load_refiner(shipped)
+    save_refiner(old, tmp_path / "r")
+    new = load_refiner(tmp_path / "r")
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["format_version"] == REFINER.version
+    assert old.config == new.config
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))

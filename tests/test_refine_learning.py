@@ -17,10 +17,10 @@ import torch
 
 from crystalformer.crystal import Crystal
 from crystalformer.io import read_csv_records, structure_from_cif
-from crystalformer.refine.config import RefinerConfig
-from crystalformer.refine.model import Refiner
-from crystalformer.refine.network import pair_index
-from crystalformer.refine.symmetry import collate
+from crystalformer.refinement.config import RefinerConfig
+from crystalformer.refinement.model import Refiner
+from crystalformer.refinement.network import pair_index
+from crystalformer.refinement.symmetry import collate
 
 DATA = Path(__file__).parent / "data"
 

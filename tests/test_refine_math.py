@@ -8,9 +8,9 @@ import pytest
 import torch
 from scipy import stats
 
-from crystalformer.refine import wrapped
-from crystalformer.refine.samplers import ode_sample, pc_sample
-from crystalformer.refine.sde import VESDE
+from crystalformer.refinement import wrapped
+from crystalformer.refinement.samplers import ode_sample, pc_sample
+from crystalformer.refinement.sde import VESDE
 
 
 def _brute_log_density(z, x0, sigma, n=12):

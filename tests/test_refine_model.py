@@ -13,14 +13,14 @@ import torch
 
 from crystalformer.crystal import Crystal
 from crystalformer.io import read_csv_records, structure_from_cif
-from crystalformer.refine import wrapped
-from crystalformer.refine.api import refine_crystals
-from crystalformer.refine.config import NetworkConfig, RefinerConfig
-from crystalformer.refine.io import load_refiner, save_refiner
-from crystalformer.refine.losses import dsm_loss, ssm_loss
-from crystalformer.refine.model import Refiner
-from crystalformer.refine.network import ScoreNetwork
-from crystalformer.refine.symmetry import collate, crystals_from_u
+from crystalformer.refinement import wrapped
+from crystalformer.refinement.api import refine_crystals
+from crystalformer.refinement.config import NetworkConfig, RefinerConfig
+from crystalformer.refinement.io import load_refiner, save_refiner
+from crystalformer.refinement.losses import dsm_loss, ssm_loss
+from crystalformer.refinement.model import Refiner
+from crystalformer.refinement.network import ScoreNetwork
+from crystalformer.refinement.symmetry import collate, crystals_from_u
 
 DATA = Path(__file__).parent / "data"
 
@@ -154,16 +154,16 @@ def test_save_load_identical(tmp_path, crystals, tiny_refiner):
     sigma = torch.tensor([0.02, 0.1, 0.4])
     torch.testing.assert_close(loaded.score(batch, batch.u, sigma), tiny_refiner.score(batch, batch.u, sigma),
                                rtol=0, atol=0)
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["network"]["hidden"] == 16
-    with pytest.raises(FileNotFoundError, match="not a refiner model directory"):
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["refiner"]["network"]["hidden"] == 16
+    with pytest.raises(FileNotFoundError, match="not a crystalformer refiner directory"):
         load_refiner(tmp_path)
     cfg = tmp_path / "m" / "config.json"
     old = json.loads(cfg.read_text())
-    cfg.write_text(json.dumps({**old, "format": "crystalformer-refiner/1"}))
-    with pytest.raises(ValueError, match="format 1.*retrain"):
+    cfg.write_text(json.dumps({"format": "crystalformer-refiner/1", **old["refiner"]}))
+    with pytest.raises(ValueError, match="format 1.*train it again"):
         load_refiner(tmp_path / "m")
     cfg.write_text(json.dumps({**old, "format": "crystalformer/1"}))
-    with pytest.raises(ValueError, match="not a refiner config"):
+    with pytest.raises(ValueError, match="not a crystalformer refiner config"):
         load_refiner(tmp_path / "m")
 
 
@@ -178,7 +178,7 @@ def test_config_presets_and_overrides():
 
 
 def _parser():
-    from crystalformer.refine.cli import add_parsers
+    from crystalformer.refinement.cli import add_parsers
 
     parser = argparse.ArgumentParser(prog="crystalformer")
     add_parsers(parser.add_subparsers(dest="command", required=True))
@@ -221,8 +221,8 @@ def test_cli_end_to_end(tmp_path, crystals, cache):
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, monkeypatch, cache):
-    from crystalformer.refine.lit import NonFiniteLossError
-    from crystalformer.refine.train import train_refiner
+    from crystalformer.refinement.lit import NonFiniteLossError
+    from crystalformer.refinement.train import train_refiner
 
     real = Refiner.loss
     calls = {"n": 0}

@@ -26,14 +26,14 @@ import torch
 from crystalformer.crystal import Crystal, Site
 from crystalformer.defaults import default_dir
 from crystalformer.io import read_csv_records, structure_from_cif
-from crystalformer.refine.api import refine_crystals
-from crystalformer.refine.blocks import crystal_blocks, group_sizes
-from crystalformer.refine.config import RefinerConfig
-from crystalformer.refine.dense import block_geometry
-from crystalformer.refine.io import load_refiner
-from crystalformer.refine.model import Refiner
-from crystalformer.refine.network import pair_index
-from crystalformer.refine.symmetry import collate
+from crystalformer.refinement.api import refine_crystals
+from crystalformer.refinement.blocks import crystal_blocks, group_sizes
+from crystalformer.refinement.config import RefinerConfig
+from crystalformer.refinement.dense import block_geometry
+from crystalformer.refinement.io import load_refiner
+from crystalformer.refinement.model import Refiner
+from crystalformer.refinement.network import pair_index
+from crystalformer.refinement.symmetry import collate
 
 DATA = Path(__file__).parent / "data"
 ROWS = (19, 7, 1, 14, 4, 25)  # of mp20_sample.csv: P-1 (skewed), P3m1 (3 atoms), Pmm2 (56), C2/c, Fm-3m (fixed), Pmn2_1

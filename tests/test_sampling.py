@@ -199,9 +199,9 @@ def test_cli_sample_and_csp_write_folders_and_refuse_overwrite(model, tmp_path, 
 
 
 def test_cli_sample_with_refiner_keeps_symmetry_and_elements(model, tmp_path):
-    from crystalformer.refine.config import RefinerConfig
-    from crystalformer.refine.io import save_refiner
-    from crystalformer.refine.model import Refiner
+    from crystalformer.refinement.config import RefinerConfig
+    from crystalformer.refinement.io import save_refiner
+    from crystalformer.refinement.model import Refiner
 
     torch.manual_seed(0)
     save_refiner(Refiner(RefinerConfig.from_name("tiny")).eval(), tmp_path / "r")

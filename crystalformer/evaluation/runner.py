@@ -60,8 +60,16 @@ def analyze_reference(reference, max_reference: int | None = None, seed: int = 0
     reference's content and the settings), a path keeps it there, False computes it every time.
     The results hold no ``structure`` (the reference's own Structures are not needed).
     """
-    from .cache import (cache_dir_of, cache_file, entries_sha256, is_samples_json, load_results, path_sha256,
-                        reference_key, save_results)
+    from .cache import (
+        cache_dir_of,
+        cache_file,
+        entries_sha256,
+        is_samples_json,
+        load_results,
+        path_sha256,
+        reference_key,
+        save_results,
+    )
 
     source = str(reference) if isinstance(reference, (str, Path)) else ""
     folder, entries, path = cache_dir_of(cache), None, None

@@ -12,6 +12,7 @@ from ..errors import UsageError
 from ..options import (
     ListAction,
     add_device,
+    add_model,
     add_out,
     add_overwrite,
     add_quiet,
@@ -170,8 +171,7 @@ def cmd_finetune(args) -> int:
 
 def _prior_and_targets(p) -> None:
     """Options shared by design and finetune: the prior, the property models, the targets, constraints."""
-    p.add_argument("--model", metavar="NAME|DIR",
-                   help="prior: shipped model name or model directory (default: mp_20, the shipped default)")
+    add_model(p, "prior: shipped model name or model directory (default: mp_20, the shipped default)")
     p.add_argument("--property", action="append", type=Path, metavar="DIR",
                    help="property model directory (repeatable, one per target; default: the shipped ones)")
     p.add_argument("--target", action="append", required=True, metavar="SPEC",

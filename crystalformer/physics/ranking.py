@@ -32,7 +32,6 @@ from ..sampling.dedup import same_structure
 from .relax import RelaxConfig, relax_one
 
 
-
 @dataclass(frozen=True)
 class RankConfig:
     candidates: int = 64  # crystals decoded per composition

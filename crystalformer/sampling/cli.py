@@ -9,6 +9,7 @@ from pathlib import Path
 from ..options import (
     ListAction,
     add_device,
+    add_model,
     add_out,
     add_overwrite,
     add_quiet,
@@ -374,9 +375,7 @@ def cmd_infill(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- parsers
 def _common(p, n_default: int) -> None:
-    p.add_argument("--model", metavar="NAME|DIR",
-                   help="shipped model name (mp_20, perov_5, carbon_24; see `crystalformer models`) or model "
-                        "directory (default: mp_20, the model for real materials)")
+    add_model(p)
     p.add_argument("--n", type=int, default=n_default, help=f"number of crystals (default {n_default})")
     add_out(p, "output folder (CIFs + samples.json)")
     add_seed(p)

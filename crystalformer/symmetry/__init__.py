@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from .lattice import LATTICE_NAMES, expand_lattice, free_lattice_names, reduce_lattice
-from .tables import LETTERS, SpaceGroup, WyckoffPosition, crystal_system, load_tables, space_group
+from .tables import (
+    LETTERS,
+    SpaceGroup,
+    WyckoffPosition,
+    crystal_system,
+    load_tables,
+    space_group,
+)
 
 __all__ = [
     "LATTICE_NAMES",

@@ -1,11 +1,11 @@
 """Dense pair layout: the crystals of a batch grouped into blocks of similar size.
 
 The score network looks at every ordered pair (i, j), i != j, of atoms in the same crystal
-(:func:`~crystalformer.refine.network.pair_index` lists them as an edge list). For inference a
+(:func:`~crystalformer.refinement.network.pair_index` lists them as an edge list). For inference a
 block holds ``b`` crystals of at most ``n`` atoms as a padded (b, n) grid of atom slots, so the
 pairs of a crystal are the off-diagonal cells of an (n, n) grid: gathers over edges become
 broadcasts and sums over senders become reductions along one axis
-(:mod:`~crystalformer.refine.dense`).
+(:mod:`~crystalformer.refinement.dense`).
 
 Crystals are sorted by atom count and cut into blocks greedily: a block grows while its padded
 pair grid stays within ``max_slots`` cells and within ``max_waste`` times its crystals' own n^2 cells.

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UsageError
+from ..options import add_device, add_out, add_overwrite, add_quiet, add_seed, add_set
 
 
 def cmd_train_refiner(args) -> int:
@@ -21,12 +22,12 @@ def cmd_train_refiner(args) -> int:
     for path in [*(args.data or []), *(args.val or [])]:
         if not path.exists():
             raise UsageError(f"{path}: file or folder not found")
-    overrides = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item!r}: expected FIELD=VALUE")
-        overrides[key.strip()] = value.strip()
+    from ..config import parse_set
+
+    try:
+        overrides = parse_set(args.set)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     config = RefinerConfig.from_name(args.preset).override(**overrides)
     if args.resume:  # the stored network/SDE config wins; overrides change training fields only
         import json
@@ -95,15 +96,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--data", action="append", type=Path, metavar="PATH", help="training data (repeatable)")
     p.add_argument("--val", action="append", type=Path, metavar="PATH",
                    help="validation data (repeatable); without it val_fraction of the training data is held out")
-    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
+    add_out(p, "run directory", "RUN_DIR")
     p.add_argument("--preset", choices=("tiny", "small"), default="small", help="tiny: seconds, tests; small: CPU")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                   help="override a config field, e.g. --set objective=ssm --set max_time_minutes=30 (repeatable)")
+    add_set(p)
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
-    p.add_argument("--device", help="train on this torch device: cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--overwrite", action="store_true", help="start again in a non-empty RUN_DIR")
+    add_device(p, "to train on", default=None)
+    add_overwrite(p, "start again in a non-empty RUN_DIR")
     p.add_argument("--cache-dir", type=Path, help="where CSV/CIF inputs are prepared (default ~/.cache/crystalformer)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p)
     p.set_defaults(func=cmd_train_refiner)
 
     p = sub.add_parser("refine", help="refine atomic positions of crystals with a trained refiner",
@@ -115,7 +115,7 @@ def add_parsers(sub) -> None:
                    help="refiner model directory (default: the refiner shipped with the package)")
     p.add_argument("--input", type=Path, required=True, metavar="PATH",
                    help="folder of CIF files, a CIF file, or a samples.json (or a folder holding one)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (CIFs + samples.json)")
+    add_out(p, "output folder (CIFs + samples.json)")
     p.add_argument("--sampler", choices=("pc", "ode"), default="ode",
                    help="probability-flow ODE from the crystal itself (default) or predictor-corrector from the "
                         "crystal re-noised to --sigma-start (SDEdit)")
@@ -124,7 +124,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--n-corrector", type=int, default=1, help="Langevin corrector steps per step (pc; default 1)")
     p.add_argument("--snr", type=float, default=0.1, help="corrector step size: eps = 2 (snr sigma)^2 (default 0.1)")
     p.add_argument("--batch-size", type=int, default=64, help="crystals per batch (default 64)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    add_seed(p)
+    add_device(p)
+    add_overwrite(p, "replace a non-empty output folder")
     p.set_defaults(func=cmd_refine)

@@ -1,11 +1,11 @@
 """The score network evaluated block by block on dense pair grids (inference speed).
 
 Computes the same function as the edge-list forward of
-:class:`~crystalformer.refine.network.ScoreNetwork` (equal up to float rounding), rearranged:
+:class:`~crystalformer.refinement.network.ScoreNetwork` (equal up to float rounding), rearranged:
 
 - the first linear layer of every edge MLP acts on cat(h_i, h_j, gram, fourier, rbf); split by
   input columns, the h_i, h_j and gram parts are computed once per atom (not once per edge)
-  and broadcast over the (n, n) pair grid of a block (:mod:`~crystalformer.refine.blocks`);
+  and broadcast over the (n, n) pair grid of a block (:mod:`~crystalformer.refinement.blocks`);
 - the fourier and rbf parts are computed once per unordered pair {i, j}: reversing a pair
   negates d = x_j - x_i, which flips the sign of the sine features and keeps the cosine and
   radial ones, so a reversed pair's pre-activation is Q - P where the pair's is Q + P;
@@ -164,7 +164,7 @@ def dense_forward(net: ScoreNetwork, frac: torch.Tensor, sigma: torch.Tensor, la
     """The network's normalized scores (N, 3) of a flat batch, one block at a time.
 
     frac (N, 3), sigma (B,), lattice (B, 3, 3), species (N,); ``blocks`` from
-    :func:`~crystalformer.refine.blocks.crystal_blocks` of the batch's atom_batch.
+    :func:`~crystalformer.refinement.blocks.crystal_blocks` of the batch's atom_batch.
     """
     out = frac.new_zeros((blocks.num_atoms, 3))  # (N, 3)
     splits = split_edge_layers(net)

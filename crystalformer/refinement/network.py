@@ -1,7 +1,7 @@
 """Score network: periodic, O(3)-invariant message passing over atom pairs (pure torch).
 
 Returns the *normalized* fractional score t = s / sqrt(lambda(sigma)) per atom (N, 3), where
-lambda(sigma) = E|s_target|^2 per coordinate (see :class:`~crystalformer.refine.model.Refiner`,
+lambda(sigma) = E|s_target|^2 per coordinate (see :class:`~crystalformer.refinement.model.Refiner`,
 which multiplies it back). The DSM objective normalized by lambda is then a plain unit-scale MSE for
 every sigma, as in DiffCSP (Jiao et al. 2023), whose network predicts the normalized score.
 (Dividing by sigma instead, the NCSN rule, mis-scales the top of the schedule: at sigma = 0.5 the
@@ -20,8 +20,8 @@ Cartesian bond vector). The edge term is a learned pair "force" along bonds; div
 predicts (x0 - z) / sigma ~ -eps with O(1) weights, where a plain per-atom head would need a gain
 of 1 / sigma (200 at sigma_min = 0.005) to read a 0.005 displacement off its inputs.
 Cost: all ordered pairs, sum_b N_b (N_b - 1) edges per call. ``pairs`` may be an edge list
-(:func:`pair_index`, used for training) or :class:`~crystalformer.refine.blocks.CrystalBlocks`
-(dense pair grids, :mod:`~crystalformer.refine.dense`: the same function, several times faster).
+(:func:`pair_index`, used for training) or :class:`~crystalformer.refinement.blocks.CrystalBlocks`
+(dense pair grids, :mod:`~crystalformer.refinement.dense`: the same function, several times faster).
 """
 
 from __future__ import annotations
