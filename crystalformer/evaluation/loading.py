@@ -11,7 +11,6 @@ Accepted inputs:
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -56,13 +55,9 @@ def _from_csv(path: Path) -> list[Entry]:
 
 
 def _from_samples_json(path: Path) -> list[Entry]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    rows = data.get("samples") if isinstance(data, dict) else data
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise ValueError(f"{path}: expected a list of sample rows (or {{'samples': [...]}})")
+    from ..samples_file import read_samples_file
+
+    rows = read_samples_file(path).rows
     entries = []
     for i, row in enumerate(rows):
         if "file" not in row:

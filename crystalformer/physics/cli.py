@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections import Counter
@@ -206,12 +205,12 @@ def cmd_relax(args: argparse.Namespace) -> int:
                          "formula": r.structure.composition.formula, "num_atoms": len(r.structure),
                          "symmetric_cif": symmetric, "potential": potential.name,
                          "cell": "primitive" if cell is not s else "as given", **r.summary()})
-        payload = {"meta": {"command": "relax", "input": str(args.input), "potential": potential.name,
-                            "fmax": config.fmax, "steps": config.steps, "symmetric": config.symmetric,
-                            "separate": config.separate,
-                            "wall_s": round(time.time() - t0, 2)},
-                   "counts": dict(counts), "samples": rows}
-        (tmp / "samples.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        from ..samples_file import write_samples_file
+
+        write_samples_file(tmp, {"command": "relax", "input": str(args.input), "potential": potential.name,
+                                 "fmax": config.fmax, "steps": config.steps, "symmetric": config.symmetric,
+                                 "separate": config.separate, "wall_s": round(time.time() - t0, 2)},
+                           dict(counts), rows)
     failed = [r for r in rows if not r.get("relaxed")]
     pushed = sum(bool(r.get("separation_steps")) for r in rows)
     print(f"relaxed {counts['relaxed']} of {len(entries)} structures in {time.time() - t0:.1f} s; "

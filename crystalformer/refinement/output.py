@@ -6,11 +6,11 @@ The output folder is assembled under a temporary sibling and moved into place wi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..atomic import assembled
 from ..crystal import Crystal
+from ..samples_file import read_samples_file, samples_path, write_samples_file
 
 
 def read_inputs(path) -> tuple[list[str], list[Crystal], list[dict]]:
@@ -21,12 +21,9 @@ def read_inputs(path) -> tuple[list[str], list[Crystal], list[dict]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"refine input {path}: file or folder not found")
-    sj = path if path.suffix == ".json" else path / "samples.json"
     names, crystals, skipped = [], [], []
-    if sj.is_file():
-        data = json.loads(sj.read_text(encoding="utf-8"))
-        rows = data["samples"] if isinstance(data, dict) else data
-        for i, row in enumerate(rows):
+    if samples_path(path).is_file():
+        for i, row in enumerate(read_samples_file(path).rows):
             name = Path(row.get("file") or f"sample_{i:05d}").stem
             if not row.get("text"):
                 skipped.append({"name": name, "reason": row.get("error") or "no crystal text in samples.json"})
@@ -69,6 +66,5 @@ def write_refined(out, names: list[str], before: list[Crystal], after: list[Crys
                          "num_atoms": a.num_atoms, "wyckoff": a.wyckoff_sequence, "text": a.to_text(),
                          "text_before": b.to_text(), "min_distance_before": fb["min_distance"],
                          "min_distance": fa["min_distance"], "valid_structure": fa["valid_structure"]})
-        payload = {"meta": meta or {}, "counts": counts, "samples": rows, "skipped": skipped or []}
-        (tmp / "samples.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        write_samples_file(tmp, meta or {}, counts, rows, skipped=skipped or [])
         return counts

@@ -10,11 +10,11 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from ..atomic import assembled, check_output_folder
+from ..samples_file import read_samples_file, write_samples_lines
 from ..validity import MIN_DISTANCE, structure_validity
 
 CONTACT_RATIO = 0.7  # x (sum of covalent radii): closer atoms are flagged as an implausible contact
@@ -238,12 +238,8 @@ class SampleWriter:
     def _finish(self) -> None:
         self._rows.close()
         rows_path = self.tmp / self.ROWS
-        with open(self.tmp / "samples.json", "w", encoding="utf-8") as fh, open(rows_path, encoding="utf-8") as rows:
-            fh.write('{"meta": ' + json.dumps(self.meta) + ',\n "counts": ' + json.dumps(self.counts)
-                     + ',\n "samples": [')
-            for i, line in enumerate(rows):
-                fh.write(("\n  " if i == 0 else ",\n  ") + line.rstrip("\n"))
-            fh.write("\n ]\n}\n")
+        with open(rows_path, encoding="utf-8") as rows:
+            write_samples_lines(self.tmp, self.meta, self.counts, rows)
         rows_path.unlink()
 
     def __exit__(self, kind, error, trace) -> bool:
@@ -260,8 +256,4 @@ class SampleWriter:
 
 def read_samples(path) -> list[dict]:
     """The per-sample rows of a ``samples.json`` (or of the one inside a folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "samples.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return data["samples"] if isinstance(data, dict) else data
+    return read_samples_file(path).rows
