@@ -109,33 +109,19 @@ def generation(model, name: str, data: Path, args, refiner, out: Path) -> dict:
 
 def csp(model, name: str, data: Path, args, refiner, out: Path) -> dict:
     """Predictions written as `crystalformer csp --targets` writes them, then matched by the evaluator."""
-    from tqdm.auto import tqdm
-
+    from crystalformer.api import predict_targets
     from crystalformer.evaluation.analysis import Entry
     from crystalformer.evaluation.runner import evaluate_csp
-    from crystalformer.io import read_csv_records, structure_from_cif
-    from crystalformer.sampling.api import predict_structure
+    from crystalformer.io import read_csv_records
     from crystalformer.sampling.output import write_samples
 
     records = list(read_csv_records(data / name / "val.csv"))
     rng = np.random.default_rng(args.seed)
     pick = sorted(rng.choice(len(records), size=min(args.csp_targets, len(records)), replace=False))
-    targets, samples, names, extra, skipped = [], [], [], [], []
+    targets = [Entry(records[j].material_id, records[j].cif, material_id=records[j].material_id) for j in pick]
     t0 = time.perf_counter()
-    for j in tqdm(pick, desc=f"csp {name}", unit="target"):
-        rec = records[j]
-        structure = structure_from_cif(rec.cif, rec.material_id)
-        targets.append(Entry(rec.material_id, rec.cif, material_id=rec.material_id))
-        formula = structure.get_primitive_structure().composition.formula
-        try:
-            result = predict_structure(model, formula, n=args.k, cell="primitive", seed=args.seed + int(j))
-        except ValueError as err:  # counted: the target stays, with no prediction
-            skipped.append({"material_id": rec.material_id, "reason": str(err)})
-            continue
-        for rank, s in enumerate(result.samples):
-            samples.append(s)
-            names.append(f"{rec.material_id}_{rank}")
-            extra.append({"material_id": rec.material_id, "rank": rank, "target_formula": formula})
+    done = predict_targets(model, records, args.k, indices=pick, seed=args.seed, progress=True)
+    samples, names, extra, skipped = done.samples, done.names, done.rows, done.skipped
     wall = time.perf_counter() - t0
     timing = {"csp_s": round(wall, 2), "targets_per_s": round(len(pick) / wall, 3)}
     variants = {"raw": samples}

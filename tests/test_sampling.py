@@ -328,3 +328,16 @@ def test_sampling_and_csp_run_on_cuda_with_a_device_generator(model):
     assert all(x.crystal is not None and x.crystal.space_group == 225 for x in s.samples)
     assert len(predict_structure(cuda, "NaCl", n=4, seed=0)) == 4
 
+
+
+def test_predict_targets_subsets_give_the_same_predictions(model, data_dir):
+    from crystalformer.api import predict_targets
+
+    csv = data_dir / "perov5_sample.csv"
+    full = predict_targets(model, csv, 2, seed=3)
+    part = predict_targets(model, csv, 2, indices=[1, 3], seed=3)
+    assert full.num_targets > 3 and part.num_targets == 2 and not full.skipped
+    ids = {r["material_id"] for r in part.rows}
+    want = [s.ids for s, r in zip(full.samples, full.rows) if r["material_id"] in ids]
+    assert [s.ids for s in part.samples] == want
+    assert [r["rank"] for r in part.rows] == [0, 1, 0, 1]

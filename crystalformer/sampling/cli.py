@@ -281,36 +281,22 @@ def _csp_one(args, model) -> int:
 
 def _csp_targets(args, model) -> int:
     """One composition per CSV row (its structure's primitive cell), --n predictions each."""
-    from tqdm.auto import tqdm
-
-    from ..errors import CrystalError
-    from ..io import read_csv_records, structure_from_cif
+    from ..api import predict_targets
     from .output import flag_line, write_samples
 
     if not args.targets.is_file():
         raise _usage(f"--targets {args.targets}: file not found")
-    records = list(read_csv_records(args.targets))
-    samples, names, extra, skipped = [], [], [], []
     t0 = time.time()
-    for k, rec in enumerate(tqdm(records, desc="csp", unit="target", disable=args.quiet)):
-        try:
-            structure = structure_from_cif(rec.cif, f"{rec.source} row {rec.row}")
-            formula = structure.get_primitive_structure().composition.formula
-            result = _predict(args, model, formula, "primitive", args.seed + k)
-        except (ValueError, CrystalError) as err:
-            skipped.append({"material_id": rec.material_id, "reason": str(err)})
-            continue
-        for rank, s in enumerate(result.samples):
-            samples.append(s)
-            names.append(f"{rec.material_id}_{rank}")
-            extra.append({"material_id": rec.material_id, "rank": rank, "target_formula": formula})
+    done = predict_targets(model, args.targets, args.n, seed=args.seed, progress=not args.quiet,
+                           predict=lambda formula, seed: _predict(args, model, formula, "primitive", seed))
+    samples, names, extra, skipped, total = done.samples, done.names, done.rows, done.skipped, done.num_targets
     if args.rank != "energy":
         samples = relax_and_report(args, samples)
     wall = time.time() - t0
     counts = write_samples(samples, args.out, overwrite=args.overwrite, p1=args.p1, names=names, extra=extra,
                            meta=_meta(args, "csp --targets", wall, targets=str(args.targets), skipped=skipped,
-                                      num_targets=len(records)), formats=args.format, filters=args.filter)
-    print(f"{len(records) - len(skipped)} of {len(records)} targets, {_written(counts, args)} in {args.out} "
+                                      num_targets=total), formats=args.format, filters=args.filter)
+    print(f"{total - len(skipped)} of {total} targets, {_written(counts, args)} in {args.out} "
           f"({wall:.1f} s)")
     print(flag_line(counts))
     for s in skipped:
