@@ -165,3 +165,19 @@ def test_version_flag(flag, capsys):
     with pytest.raises(SystemExit) as done:
         main([flag])
     assert done.value.code == 0 and __version__ in capsys.readouterr().out
+
+
+def test_one_learning_rate_schedule_for_every_trainer():
+    """The generator, refiner and property trainers all call schedule.warmup_cosine (and nothing else defines one)."""
+    import math
+
+    from crystalformer.schedule import warmup_cosine
+
+    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1) and warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(10, 100, 10) == pytest.approx(1.0) and warmup_cosine(100, 100, 10, 0.05) == pytest.approx(0.05)
+    assert warmup_cosine(55, 100, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    users = [p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if "warmup_cosine(" in p.read_text()]
+    assert sorted(users) == ["inverse/train.py", "lit.py", "refinement/lit.py", "schedule.py"]
+    cosines = [p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+               if "math.cos(math.pi" in p.read_text() and p.name != "schedule.py"]
+    assert cosines == []

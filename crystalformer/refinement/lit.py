@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 
+from ..schedule import warmup_cosine
 from .config import RefinerConfig
 from .model import Refiner
 
@@ -15,12 +14,12 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss is NaN or infinite; the last good checkpoint is kept."""
 
 
+MIN_LR_RATIO = 0.05  # the cosine decays to 5 % of the peak learning rate
+
+
 def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 5 % at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    frac = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 5 % at ``total`` (:func:`warmup_cosine`)."""
+    return warmup_cosine(step, total, warmup, MIN_LR_RATIO)
 
 
 class RefinerModule(L.LightningModule):
