@@ -7,6 +7,8 @@ wurtzite, rutile, perovskite, fluorite, spinel, fcc Cu), structures are predicte
 - ``primitive``: the primitive cell's composition (``--cell primitive``), log p order;
 - ``reduced_skeleton`` / ``primitive_skeleton``: what ``csp`` does by default (``--rank skeleton``):
   64 candidates ordered by the probability of their symmetry skeleton, duplicates removed, 20 kept;
+- ``reduced_distinct``: what ``crystalformer csp --composition X --n 20`` writes today: log p order,
+  duplicates removed, drawn again while fewer than 20 distinct remain;
 - ``energy``: ``--cell primitive --rank energy`` (64 candidates, 8 relaxed, near-ties broken by
   log p), the best ranking available (needs the physics extra; skipped without it).
 
@@ -47,6 +49,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-energy", action="store_true", help="skip the energy ranking")
     p.add_argument("--only", help="comma-separated formulas (default: all ten)")
+    p.add_argument("--ways", help="comma-separated subset of reduced, primitive, reduced_skeleton, "
+                                    "primitive_skeleton, reduced_distinct, energy (default: all)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
@@ -55,6 +59,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from crystalformer.evaluation.csp import csp_matcher
     from crystalformer.hardware import describe
+    from crystalformer.api import predict_structure as csp
     from crystalformer.model import load_model
     from crystalformer.sampling.api import predict_structure
     from crystalformer.sampling.dedup import distinct_samples
@@ -83,12 +88,15 @@ def main() -> None:
         ways = [("reduced", lambda: predict_structure(model, t.formula, n=args.n, seed=args.seed)),
                 ("primitive", lambda: predict_structure(model, primitive, n=args.n, cell="primitive", seed=args.seed)),
                 ("reduced_skeleton", lambda: skeleton(t.formula, "reduced")),
-                ("primitive_skeleton", lambda: skeleton(primitive, "primitive"))]
+                ("primitive_skeleton", lambda: skeleton(primitive, "primitive")),
+                ("reduced_distinct", lambda: csp(model, t.formula, n=args.n, seed=args.seed))]
         if energy:
             ways.append(("energy", lambda: predict_structure_by_energy(
                 model, primitive, n=args.n, candidates=args.candidates, relax_top=args.relax_top,
                 potential=potential, seed=args.seed, cell="primitive")))
         for way, run in ways:
+            if args.ways and way not in args.ways.split(","):
+                continue
             t0 = time.perf_counter()
             try:
                 samples = run().samples
@@ -102,7 +110,7 @@ def main() -> None:
                         "top_space_groups": [s.crystal.space_group if s.crystal else None for s in samples[:3]]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    ways = [w for w in ("reduced", "primitive", "reduced_skeleton", "primitive_skeleton", "energy")
+    ways = [w for w in ("reduced", "primitive", "reduced_skeleton", "primitive_skeleton", "reduced_distinct", "energy")
             if any(w in r for r in rows)]
     summary = {}
     for w in ways:

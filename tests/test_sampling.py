@@ -341,3 +341,18 @@ def test_predict_targets_subsets_give_the_same_predictions(model, data_dir):
     want = [s.ids for s, r in zip(full.samples, full.rows) if r["material_id"] in ids]
     assert [s.ids for s in part.samples] == want
     assert [r["rank"] for r in part.rows] == [0, 1, 0, 1]
+
+
+def test_reduced_formula_particles_follow_the_formula_unit_prior(model):
+    from crystalformer.sampling.constraints import Z_COUNTS, assign_branches, branch_weights
+
+    branches = composition_branches("NaCl", model.grammar, "reduced", max_atoms=12)
+    zs = [b.formula_units for b in branches]
+    w = branch_weights(branches)
+    assert np.isclose(w.sum(), 1.0)
+    assert w[zs.index(4)] > w[zs.index(2)] > w[zs.index(1)] > w[zs.index(5)]  # as in the training data
+    assert np.isclose(w[zs.index(4)] / w[zs.index(1)], (Z_COUNTS[4] + 1) / (Z_COUNTS[1] + 1))
+    assigned = assign_branches(branches, 1000, w)
+    got = np.array([sum(a is b for a in assigned) for b in branches])
+    assert np.all(np.abs(got - 1000 * w) <= 1)  # stratified: each branch within one particle of its share
+    assert assign_branches(branches, 7) == [branches[i % len(branches)] for i in range(7)]  # even without weights

@@ -19,6 +19,8 @@ import torch
 from ..errors import CrystalError
 from .constraints import (
     Branch,
+    assign_branches,
+    branch_weights,
     Constraint,
     ConstraintMasks,
     composition_branches,
@@ -161,8 +163,9 @@ def predict_structure(model, composition, n: int = 20, cell: str = "reduced", fo
     """Crystal structure prediction: ``n`` crystals from p(X | composition), ranked by log-likelihood.
 
     The composition becomes one or more prompts (:func:`composition_branches`); particles start
-    spread evenly over them, and sequential Monte Carlo moves them towards the prompts whose
-    exact completions the model finds likely. ``n_particles`` (default max(n, 64, branches))
+    spread over them (a reduced formula: in proportion to how often each number of formula units
+    occurs in the training data, :func:`branch_weights`; otherwise evenly), and sequential Monte
+    Carlo moves them towards the prompts whose exact completions the model finds likely. ``n_particles`` (default max(n, 64, branches))
     particles are decoded in one batch; ``n`` of them are returned.
     """
     if n < 1:
@@ -174,7 +177,8 @@ def predict_structure(model, composition, n: int = 20, cell: str = "reduced", fo
     grammar = fitting_grammar(model, 3 + 2 * num_elements)  # [BOS] [COMP] (El N)* [/COMP]
     branches = composition_branches(composition, grammar, cell, formula_units, max_atoms, space_groups)
     N = max(2 * n, 64, len(branches)) if n_particles is None else max(n_particles, n)
-    assigned = [branches[i % len(branches)] for i in range(N)]
+    prior = branch_weights(branches) if cell == "reduced" and not formula_units else None
+    assigned = assign_branches(branches, N, prior)
     masks_of = {b: ConstraintMasks.compile(Constraint(space_groups=b.space_groups), grammar) for b in branches}
     prefixes = [b.prompt_ids(grammar) for b in assigned]
     options = DecodeOptions(temperature=temperature, top_p=top_p, smc=smc)
