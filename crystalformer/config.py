@@ -196,6 +196,10 @@ def override(config, values: dict):
 
 def _convert(f: dataclasses.Field, value):
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind.endswith("| None"):  # an optional field: "none" / "null" clears it, anything else is the base type
+        if isinstance(value, str) and value.strip().lower() in ("none", "null"):
+            return None
+        kind = kind.removesuffix("| None").strip()
     if isinstance(value, str) and kind in ("int", "float"):
         try:
             return int(value) if kind == "int" else float(value)

@@ -31,7 +31,7 @@ class SDEConfig:
 
 
 @dataclass
-class TrainConfig:
+class RefinerTrainConfig:
     objective: str = "dsm"  # "dsm" (denoising, default) or "ssm" (sliced score matching)
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -56,7 +56,7 @@ class TrainConfig:
 class RefinerConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     sde: SDEConfig = field(default_factory=SDEConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: RefinerTrainConfig = field(default_factory=RefinerTrainConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,7 +64,7 @@ class RefinerConfig:
     @classmethod
     def from_dict(cls, d: dict) -> RefinerConfig:
         parts = {}
-        for f, typ in (("network", NetworkConfig), ("sde", SDEConfig), ("train", TrainConfig)):
+        for f, typ in (("network", NetworkConfig), ("sde", SDEConfig), ("train", RefinerTrainConfig)):
             sub = dict(d.get(f, {}))
             known = {x.name for x in fields(typ)}
             unknown = set(sub) - known
@@ -81,29 +81,18 @@ class RefinerConfig:
 
     def override(self, **values) -> RefinerConfig:
         """A copy with flat overrides (``lr=3e-4``, ``hidden=32``) applied to whichever section owns the field."""
-        d = self.to_dict()
+        from dataclasses import fields, replace
+
+        from ..config import override
+
+        sections = {"network": self.network, "sde": self.sde, "train": self.train}
+        per: dict[str, dict] = {name: {} for name in sections}
         for key, value in values.items():
-            owners = [s for s in d if key in d[s]]
+            owners = [name for name, part in sections.items() if key in {f.name for f in fields(part)}]
             if not owners:
                 raise ValueError(f"unknown config field {key!r}")
-            current = d[owners[0]][key]
-            if isinstance(value, str) and not isinstance(current, str):
-                value = _parse(value, current, key)
-            d[owners[0]][key] = value
-        return RefinerConfig.from_dict(d)
-
-
-def _parse(text: str, current, key: str):
-    if text.lower() in ("none", "null"):
-        return None
-    try:
-        if isinstance(current, bool):
-            return text.lower() in ("1", "true", "yes")
-        if isinstance(current, int):
-            return int(text)
-        return float(text)
-    except ValueError:
-        raise ValueError(f"config field {key}: cannot read {text!r} as {type(current).__name__}") from None
+            per[owners[0]][key] = value
+        return replace(self, **{name: override(part, per[name]) for name, part in sections.items()})
 
 
 PRESETS: dict[str, dict] = {
