@@ -77,8 +77,8 @@ def constraints(task: str, prepared: Path):
 
 def validity(crystals) -> dict:
     """Fractions that are structurally valid (distances >= 0.5 Å, volume >= 0.1 Å^3) and SMACT-valid."""
-    from crystalformer.evaluation.validity import smact_validity
     from crystalformer.sampling.output import structure_checks
+    from crystalformer.validity import smact_validity
 
     struct, comp = [], []
     for c in crystals:

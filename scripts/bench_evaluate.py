@@ -99,13 +99,15 @@ def main(argv=None) -> int:
     from pymatgen.core import Structure
 
     from crystalformer.evaluation.analysis import Options, analyze_all
-    from crystalformer.evaluation.coverage import composition_fingerprint, structure_fingerprint
+    from crystalformer.evaluation.coverage import (
+        composition_fingerprint,
+        structure_fingerprint,
+    )
     from crystalformer.evaluation.csp import csp_matcher
     from crystalformer.evaluation.loading import load_entries
     from crystalformer.evaluation.symmetry_stats import space_group_number
-    from crystalformer.evaluation.uniqueness import default_matcher
-    from crystalformer.evaluation.validity import smact_validity
-    from crystalformer.validity import structure_validity
+    from crystalformer.sampling.dedup import default_matcher
+    from crystalformer.validity import smact_validity, structure_validity
 
     entries = load_entries(args.csv)[:args.n]
     with warnings.catch_warnings():

@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from pymatgen.core import Composition, Lattice, Structure
 
-from crystalformer.evaluation.coverage import coverage
-from crystalformer.evaluation.csp import match_rate_and_rmse
-from crystalformer.evaluation.distributions import property_wdist
-from crystalformer.evaluation.symmetry_stats import space_group_stats
-from crystalformer.evaluation.uniqueness import novelty, uniqueness
-from crystalformer.evaluation.validity import smact_validity
-from crystalformer.validity import structure_validity
 from crystalformer.evaluation.analysis import Entry
-from crystalformer.evaluation.coverage import (composition_fingerprint, cutoffs_for, normalize_composition_fps,
-                                               structure_fingerprint)
-from crystalformer.evaluation.csp import csp_matcher, rms_distance
-from crystalformer.evaluation.runner import analyze_reference, evaluate_csp, evaluate_generation
-from crystalformer.evaluation.symmetry_stats import chi2_distance, space_group_histogram
-
-from pathlib import Path
+from crystalformer.evaluation.coverage import (
+    composition_fingerprint,
+    coverage,
+    cutoffs_for,
+    normalize_composition_fps,
+    structure_fingerprint,
+)
+from crystalformer.evaluation.csp import csp_matcher, match_rate_and_rmse, rms_distance
+from crystalformer.evaluation.distributions import property_wdist
+from crystalformer.evaluation.runner import (
+    analyze_reference,
+    evaluate_csp,
+    evaluate_generation,
+)
+from crystalformer.evaluation.symmetry_stats import (
+    chi2_distance,
+    space_group_histogram,
+    space_group_stats,
+)
+from crystalformer.evaluation.uniqueness import novelty, uniqueness
+from crystalformer.validity import smact_validity, structure_validity
 
 DATA = Path(__file__).parent / "data"
 

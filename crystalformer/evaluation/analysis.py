@@ -96,7 +96,7 @@ def _structure_valid(s) -> bool:
 
 
 def _smact(s) -> bool:
-    from .validity import smact_validity
+    from ..validity import smact_validity
 
     return smact_validity(s)
 

@@ -14,11 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-
-def default_matcher():
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    return StructureMatcher()
+from ..sampling.dedup import default_matcher
 
 
 def reduce_for_matching(structure):

@@ -27,8 +27,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..evaluation.uniqueness import default_matcher
-from ..sampling.dedup import same_structure
+from ..sampling.dedup import default_matcher, same_structure
 from .relax import RelaxConfig, relax_one
 
 

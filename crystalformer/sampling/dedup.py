@@ -17,8 +17,6 @@ def distinct_samples(samples, limit: int | None = None) -> tuple[list, int]:
     elsewhere). Two crystals are the same when their reduced compositions agree and
     ``StructureMatcher()`` (ltol 0.2, stol 0.3, angle_tol 5) fits them.
     """
-    from ..evaluation.uniqueness import default_matcher
-
     matcher = default_matcher()
     kept, structures, removed = [], [], 0
     for s in samples:
@@ -35,6 +33,13 @@ def distinct_samples(samples, limit: int | None = None) -> tuple[list, int]:
             structures.append(structure)
         kept.append(s)
     return kept, removed
+
+
+def default_matcher():
+    """pymatgen's ``StructureMatcher()`` at its defaults (ltol 0.2, stol 0.3, angle_tol 5): "the same", not "close"."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return StructureMatcher()
 
 
 def same_structure(matcher, a, b) -> bool:

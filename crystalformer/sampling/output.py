@@ -98,7 +98,7 @@ def charge_balanced(formula: str) -> bool | None:
         return None
     from pymatgen.core import Composition
 
-    from ..evaluation.validity import smact_validity
+    from ..validity import smact_validity
 
     return bool(smact_validity(Composition(formula)))
 
