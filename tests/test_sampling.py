@@ -356,3 +356,31 @@ def test_reduced_formula_particles_follow_the_formula_unit_prior(model):
     got = np.array([sum(a is b for a in assigned) for b in branches])
     assert np.all(np.abs(got - 1000 * w) <= 1)  # stratified: each branch within one particle of its share
     assert assign_branches(branches, 7) == [branches[i % len(branches)] for i in range(7)]  # even without weights
+
+
+@pytest.mark.parametrize("kappa", [0.3, 4.0, 80.0])
+def test_von_mises_proposals_at_once_match_the_sequential_sampler(kappa):
+    """The first accepted of R proposals drawn together is the sequential rejection sampler's draw:
+    two-sample KS against it, with R = 1 (misses common) and R = 16."""
+    from scipy.stats import ks_2samp
+
+    from crystalformer.model.distributions import sample_von_mises, sample_von_mises_at_once
+
+    k = torch.full((20000,), kappa, dtype=torch.float64)
+    exact = sample_von_mises(k, torch.Generator().manual_seed(0)).numpy()
+    for rounds in (1, 16):
+        theta, ok = sample_von_mises_at_once(k, torch.Generator().manual_seed(rounds), rounds)
+        assert ok.float().mean() > (0.6 if rounds == 1 else 0.999)
+        assert ks_2samp(theta[ok].numpy(), exact).pvalue > 1e-3
+
+
+def test_decoding_without_host_syncs_on_coordinates_scores_what_it_draws(model):
+    """von_mises_rounds=1 forces the rare-miss path (about a third of coordinates are drawn again):
+    streams stay legal and their records still sum to model.log_prob."""
+    masks = ConstraintMasks.compile(Constraint(), model.grammar)
+    d = decode(model, [[model.grammar.bos]] * 16, masks, DecodeOptions(smc=False, von_mises_rounds=1),
+               torch.Generator().manual_seed(2), records=True)
+    crystals = [model.tokenizer.decode(i, v) for i, v in zip(d.ids, d.values)]
+    assert np.allclose(d.log_likelihood, model.log_prob(crystals).total.numpy(), atol=1e-3)
+    with pytest.raises(ValueError, match="von_mises_rounds"):
+        DecodeOptions(von_mises_rounds=-1)
