@@ -58,6 +58,8 @@ def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, ra
         raise ValueError(f"rank must be one of {', '.join(RANKS)}; got {rank!r}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    formula_units = None if formula_units is None else list(formula_units)  # drawn again below: read once
+    space_groups = None if space_groups is None else list(space_groups)
     options = dict(cell=cell, formula_units=formula_units, max_atoms=max_atoms, space_groups=space_groups,
                    temperature=temperature, top_p=top_p, seed=seed, smc=smc)
 
@@ -71,7 +73,7 @@ def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, ra
 
         require('rank="energy"')
         config = RankConfig(candidates=max(candidates, n), relax_top=relax_top, tie_window=tie_window,
-                            **({} if relax is None else {"relax": relax}))
+                            dedup=distinct, **({} if relax is None else {"relax": relax}))
         result = draw(model, composition, config.candidates, n_particles=_particles(n_particles, config.candidates),
                       **options)
         pot = load_potential(potential) if isinstance(potential, str) else potential

@@ -37,12 +37,14 @@ class Kind:
     version: int  # the format_version this package writes and reads
     section: str  # the key of config.json that holds the model's config fields
     tokenizer: bool  # the directory carries tokenizer.json
+    metadata: bool = False  # metadata.json is required (it holds what the model needs, e.g. a property's scale)
     outdated: dict[int, str] = field(default_factory=dict)  # older version -> what to do about it
     legacy: dict[str, int] = field(default_factory=dict)  # older "format" strings (fields at top level) -> version
 
     @property
     def files(self) -> tuple[str, ...]:
-        return ("config.json", "model.safetensors") + (("tokenizer.json",) if self.tokenizer else ())
+        return (("config.json", "model.safetensors") + (("tokenizer.json",) if self.tokenizer else ())
+                + (("metadata.json",) if self.metadata else ()))
 
 
 MODEL = Kind("model", "crystalformer-model", 1, "model", tokenizer=True)
@@ -50,7 +52,7 @@ REFINER = Kind("refiner", "crystalformer-refiner", 2, "refiner", tokenizer=False
                outdated={1: "it was written before the score network changed (format 2 predicts the normalized "
                             "score); train it again with `crystalformer train-refiner`"},
                legacy={"crystalformer-refiner/1": 1, "crystalformer-refiner/2": 2})
-PROPERTY = Kind("property model", "crystalformer-property", 1, "property", tokenizer=True)
+PROPERTY = Kind("property model", "crystalformer-property", 1, "property", tokenizer=True, metadata=True)
 KINDS: dict[str, Kind] = {name: kind for kind in (MODEL, REFINER, PROPERTY) for name in (kind.format, *kind.legacy)}
 
 
@@ -115,14 +117,14 @@ def read_artifact(path, kind: Kind) -> Artifact:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such {kind.name} directory")
+    data = read_json(path / "config.json") if (path / "config.json").is_file() else {}
+    found = data.get("format")
+    other = KINDS.get(found) if isinstance(found, str) else None
+    if other is not None and other is not kind:  # before the file check: a refiner has no tokenizer.json
+        raise ArtifactError(f"{path} holds a crystalformer {other.name}, not a {kind.name}")
     missing = [name for name in kind.files if not (path / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} is not a crystalformer {kind.name} directory: missing {', '.join(missing)}")
-    data = read_json(path / "config.json")
-    found = data.get("format")
-    other = KINDS.get(found) if isinstance(found, str) else None
-    if other is not None and other is not kind:
-        raise ArtifactError(f"{path} holds a crystalformer {other.name}, not a {kind.name}")
     if isinstance(found, str) and found in kind.legacy:  # older layout: config fields at the top level
         version = kind.legacy[found]
         section = {k: v for k, v in data.items() if k != "format"}

@@ -98,3 +98,21 @@ def test_the_shipped_refiner_in_the_older_layout_still_loads(tmp_path):
     assert json.loads((tmp_path / "r" / "config.json").read_text())["format_version"] == REFINER.version
     assert old.config == new.config
     assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+
+
+def test_a_refiner_passed_as_a_model_is_named_before_missing_files(tmp_path):
+    from crystalformer.defaults import default_dir
+
+    with pytest.raises(ArtifactError, match="holds a crystalformer refiner, not a model"):
+        load_model(default_dir("refiner"))
+
+
+def test_a_property_model_needs_its_metadata(folders, tmp_path):
+    import shutil
+
+    root, _, _ = folders
+    copy = tmp_path / "p"
+    shutil.copytree(root / "property", copy)
+    (copy / "metadata.json").unlink()
+    with pytest.raises(FileNotFoundError, match="missing metadata.json"):
+        load_property_model(copy)

@@ -384,3 +384,38 @@ def test_decoding_without_host_syncs_on_coordinates_scores_what_it_draws(model):
     assert np.allclose(d.log_likelihood, model.log_prob(crystals).total.numpy(), atol=1e-3)
     with pytest.raises(ValueError, match="von_mises_rounds"):
         DecodeOptions(von_mises_rounds=-1)
+
+
+def test_csp_without_smc_keeps_every_formula_unit_in_its_subset(model):
+    """Particles are assigned to prompts in blocks (by the Z prior); keeping n of them must not keep
+    only the first prompts."""
+    res = predict_structure(model, "NaCl", n=8, max_atoms=16, smc=False, seed=0)
+    zs = {s.prompt for s in res.samples}
+    assert len(zs) >= 3  # Z = 1 .. 8: a spread, not only Na1Cl1 / Na2Cl2
+
+
+def test_formula_units_and_space_groups_may_be_any_iterable(model):
+    a = composition_branches("NaCl", model.grammar, "reduced", formula_units=iter([1, 2, 4]), space_groups=iter([225, 221]))
+    b = composition_branches("NaCl", model.grammar, "reduced", formula_units=[1, 2, 4], space_groups=[225, 221])
+    assert a == b and a and all(x.space_groups <= {225, 221} for x in a)
+
+
+def test_von_mises_misses_are_drawn_again_in_the_same_component():
+    """Two components, one hard to accept (kappa 1e4) and one easy (kappa 1): redrawing the component
+    on a miss would favour the easy one; redrawing only the angle keeps the mixture weights."""
+    import math
+
+    from crystalformer.model.distributions import VonMisesMixture, angle_in_component
+
+    n = 40000
+    mix = VonMisesMixture(torch.zeros(n, 2), torch.tensor([[0.0, math.pi]]).expand(n, 2),
+                          torch.tensor([[1e4, 1.0]]).expand(n, 2))
+    g = torch.Generator().manual_seed(0)
+    x, ok, (loc, kappa) = mix.sample(g, rounds=1)
+    miss = (~ok).nonzero().squeeze(-1)
+    assert len(miss) > 0.1 * n
+    x = x.clone()
+    x[miss] = angle_in_component(loc[miss], kappa[miss], g)
+    near_first = float(((x < 0.02) | (x > 0.98)).float().mean())  # component 0 (weight 1/2) sits at x = 0
+    assert abs(near_first - float(((mix.sample(torch.Generator().manual_seed(1)) < 0.02) |
+                                    (mix.sample(torch.Generator().manual_seed(1)) > 0.98)).float().mean())) < 0.015

@@ -73,7 +73,7 @@ def decode_after(model, prefixes: list[tuple[list[int], list[float]]], masks: Co
         raise ValueError("every prefix must start with [BOS]")
     decoded = decode(model, [[bos]] * len(prefixes), masks, DecodeOptions(smc=False), generator,
                      grammar=fitting_grammar(model, 1), forced=[(list(p[0][1:]), list(p[1][1:])) for p in prefixes],
-                     records=True)
+                     records=True, raise_if_dead=False)
     return Streams(decoded.ids, decoded.values, decoded.log_p, decoded.log_z)
 
 

@@ -101,8 +101,10 @@ class VonMisesMixture:
     def sample(self, generator: torch.Generator | None = None, rounds: int | None = None):
         """x in [0, 1), shape (...).
 
-        With ``rounds``: ``(x, ok)``, drawn without host synchronization by
-        :func:`sample_von_mises_at_once`; where ``ok`` is False, x is not a draw: draw it again.
+        With ``rounds``: ``(x, ok, component)``, drawn without host synchronization by
+        :func:`sample_von_mises_at_once`; where ``ok`` is False, x is not a draw: draw its angle
+        again *for the same mixture component* (``component`` = (loc, kappa), flat), with
+        :func:`angle_in_component` (drawing the component again would favour easy components).
         """
         shape = self.loc.shape[:-1]
         w = self.log_weights.exp().reshape(-1, self.loc.shape[-1])  # (N, K)
@@ -114,7 +116,14 @@ class VonMisesMixture:
             return torch.remainder(theta / TWO_PI, 1.0).float().reshape(shape)
         angle, ok = sample_von_mises_at_once(kappa.double(), generator, rounds)
         x = torch.remainder((loc.double() + angle) / TWO_PI, 1.0).float().reshape(shape)
-        return x, ok.reshape(shape)
+        return x, ok.reshape(shape), (loc, kappa)
+
+
+def angle_in_component(loc: torch.Tensor, kappa: torch.Tensor, generator: torch.Generator | None = None
+                       ) -> torch.Tensor:
+    """x in [0, 1) from the von Mises component (loc, kappa) itself (the sequential rejection sampler)."""
+    theta = loc.double() + sample_von_mises(kappa.double(), generator)
+    return torch.remainder(theta / TWO_PI, 1.0).float()
 
 
 def sample_von_mises_at_once(kappa: torch.Tensor, generator: torch.Generator | None = None,

@@ -28,7 +28,7 @@ class KVCache:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     length: int = 0
-    max_len: int = 0
+    max_len: int | None = None  # the model's max_len (None: no limit but the memory)
 
     @classmethod
     def empty(cls, config: ModelConfig, batch: int, device=None, dtype=torch.float32, capacity: int = 64) -> KVCache:
@@ -44,11 +44,12 @@ class KVCache:
     def reserve(self, new: int) -> None:
         """Make room for ``new`` more positions (raises past ``max_len``)."""
         need = self.length + new
-        if need > self.max_len:
+        if self.max_len is not None and need > self.max_len:
             raise ValueError(f"sequence of {need} tokens exceeds the model's max_len {self.max_len}")
         if need <= self.capacity:
             return
-        size = min(self.max_len, max(need, 2 * self.capacity))
+        size = max(need, 2 * self.capacity)
+        size = size if self.max_len is None else min(self.max_len, size)
         for store in (self.keys, self.values):
             for i, old in enumerate(store):
                 grown = old.new_zeros(old.shape[:2] + (size,) + old.shape[3:])  # (B, nh, size, hs)

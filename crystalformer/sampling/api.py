@@ -19,10 +19,10 @@ import torch
 from ..errors import CrystalError
 from .constraints import (
     Branch,
-    assign_branches,
-    branch_weights,
     Constraint,
     ConstraintMasks,
+    assign_branches,
+    branch_weights,
     composition_branches,
     parse_composition,
 )
@@ -186,7 +186,7 @@ def predict_structure(model, composition, n: int = 20, cell: str = "reduced", fo
     decoded = decode(model, prefixes, [masks_of[b] for b in assigned], options, generator)
     prompts = [assigned[a].formula for a in decoded.ancestors]
     samples = _to_samples(model, decoded, prompts)
-    keep = _select(decoded.log_weight, n, generator) if smc else np.arange(n)
+    keep = _select(decoded.log_weight, n, generator) if smc else evenly_spaced(len(decoded.log_weight), n)
     chosen = sorted((samples[i] for i in keep), key=lambda s: -s.log_likelihood)
     return SampleSet(chosen, decoded.log_evidence, decoded.resamples)
 
@@ -196,8 +196,14 @@ def _select(log_weight: np.ndarray, n: int, generator: torch.Generator) -> np.nd
     if not np.isfinite(log_weight).any():
         raise ValueError("no particle satisfies the constraints")
     if np.all(log_weight == log_weight[0]):
-        return np.arange(n)
+        return evenly_spaced(len(log_weight), n)
     return systematic_resample(log_weight, n, generator)
+
+
+def evenly_spaced(N: int, n: int) -> np.ndarray:
+    """n of N equally weighted particles, spread evenly over their order (particles are assigned to
+    prompts in blocks, so the first n would all share the first prompts)."""
+    return np.floor((np.arange(n) + 0.5) * N / n).astype(np.int64)
 
 
 def _batches(n: int, batch_size: int, progress: bool, what: str):

@@ -246,6 +246,8 @@ def composition_branches(composition, grammar: Grammar, cell: str = "reduced", f
     from ..elements import atomic_number
 
     counts = parse_composition(composition)
+    formula_units = None if formula_units is None else list(formula_units)  # any iterable, read once
+    space_groups = None if space_groups is None else list(space_groups)
     known = {grammar.tokenizer.vocab[i] for i in grammar.element_ids}
     unknown = sorted(set(counts) - known)
     if unknown:

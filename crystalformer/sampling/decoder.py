@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..grammar import GrammarState, Phase
-from ..model.distributions import nucleus
+from ..model.distributions import angle_in_component, nucleus
 from ..model.transformer import KVCache
 from ..tokenizer import Slot
 from .constraints import ConstraintMasks
@@ -118,7 +118,8 @@ class MaskTable:
 
 @torch.no_grad()
 def decode(model, prefixes: list[list[int]], masks: ConstraintMasks | list[ConstraintMasks], options: DecodeOptions, generator: torch.Generator, *,
-           grammar=None, forced: list[tuple[list[int], list[float]]] | None = None, records: bool = False) -> Decoded:
+           grammar=None, forced: list[tuple[list[int], list[float]]] | None = None, records: bool = False,
+           raise_if_dead: bool = True) -> Decoded:
     """Complete every prefix (e.g. ``[BOS]`` or ``[BOS] [COMP] ... [/COMP]``) to a stream ending in [EOS].
 
     The one decoding kernel behind sampling, CSP, infill and design.
@@ -131,6 +132,8 @@ def decode(model, prefixes: list[list[int]], masks: ConstraintMasks | list[Const
     - ``forced``: per particle, tokens and values that follow the prompt and are teacher-forced
       (scored, not drawn); decoding draws the rest. Needs ``smc=False`` at temperature 1.
     - ``records``: also return per-position ``log_p`` and ``log_z`` (see :class:`Decoded`).
+    - ``raise_if_dead``: a ValueError when every particle hit a dead end; False returns them
+      with -inf weights (design counts such proposals as rejected).
 
     Finished particles leave the batch (their cache rows are dropped once enough have
     finished); logits are computed once per step; masks are device rows looked up by index;
@@ -244,7 +247,7 @@ def decode(model, prefixes: list[list[int]], masks: ConstraintMasks | list[Const
             forward.select(sel)
             full_t, full_v = full_t[sel], full_v[sel]
         h_last = forward(full_t[:, None], full_v[:, None], model.tables.slot[full_t][:, None])
-    if not np.isfinite(log_w).any():
+    if raise_if_dead and not np.isfinite(log_w).any():
         raise ValueError("no particle satisfies the constraints (every one reached a dead end): the allow-lists "
                          "and the composition / space groups exclude each other")
     if options.smc:
@@ -381,9 +384,9 @@ def _step(model, h_last: torch.Tensor, live: np.ndarray, states: list[GrammarSta
                 x = forced_x
             else:
                 if slot == Slot.COORD and rounds > 0:
-                    x, drawn = dist.sample(generator, rounds=rounds)
+                    x, drawn, component = dist.sample(generator, rounds=rounds)
                     ok[k] = (drawn | torch.as_tensor(teacher[rows], device=device)).double()
-                    redo = (rows, k, dist, forced_x)
+                    redo = (rows, k, dist, component)
                 else:
                     x = dist.sample(generator).float()
                 if teacher[rows].any():
@@ -392,11 +395,11 @@ def _step(model, h_last: torch.Tensor, live: np.ndarray, states: list[GrammarSta
             ll[k] = dist.log_prob(x).double()
     packed = torch.stack([tokens.double(), vals.double(), ll, lz, ok]).cpu().numpy()  # the step's one transfer
     host_vals, host_ll = packed[1], packed[2]
-    if redo is not None and (packed[4] == 0).any():  # rare: every proposal rejected; draw those exactly
-        rows, k, dist, forced_x = redo
-        x = torch.where(torch.as_tensor(teacher[rows], device=device), forced_x, dist.sample(generator).float())
-        again = torch.as_tensor(packed[4][rows] == 0, device=device)
-        x = torch.where(again, x, vals[k])
+    if redo is not None and (packed[4] == 0).any():  # rare: every proposal rejected; draw those again
+        rows, k, dist, (loc, kappa) = redo
+        again = torch.as_tensor(np.flatnonzero(packed[4][rows] == 0), device=device)  # never a teacher row
+        x = vals[k].clone()
+        x[again] = angle_in_component(loc[again], kappa[again], generator)  # the same components
         vals[k] = x
         fixed_ll = dist.log_prob(x).double()
         host_vals[rows], host_ll[rows] = x.double().cpu().numpy(), fixed_ll.cpu().numpy()
