@@ -87,9 +87,9 @@ def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, ra
     elif dedup:  # twice as many, the first n distinct ones kept
         drawn = min(2 * n, MAX_CSP_PARTICLES)
     result = draw(model, composition, drawn, n_particles=_particles(n_particles, drawn), **options)
-    pool, total = list(result.samples), drawn
     if rank == "skeleton":
-        result.samples = rank_by_skeleton(model, pool)
+        result.samples = rank_by_skeleton(model, result.samples)
+    pool, total = list(result.samples), drawn  # in rank order, each sample scored once
     if dedup:
         result.samples, result.duplicates = distinct_samples(result.samples, n)
         for extra in range(1, REDRAW_ROUNDS + 1):  # too few distinct: draw again (new seed), merge, rank again
@@ -97,11 +97,10 @@ def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, ra
                 break
             more = draw(model, composition, drawn, n_particles=_particles(n_particles, drawn),
                         **{**options, "seed": seed + 7919 * extra})
-            pool += more.samples
+            pool += rank_by_skeleton(model, more.samples) if rank == "skeleton" else more.samples
             total += drawn
-            ordered = rank_by_skeleton(model, pool) if rank == "skeleton" else \
-                sorted(pool, key=lambda s: -s.log_likelihood)
-            result.samples, result.duplicates = distinct_samples(ordered, n)
+            pool.sort(key=_skeleton_order if rank == "skeleton" else lambda s: -s.log_likelihood)
+            result.samples, result.duplicates = distinct_samples(pool, n)
     result.samples = refined(result.samples[:n])
     result.drawn = total
     return result
@@ -119,6 +118,13 @@ def refine_samples(refiner: Refiner | str | Path, samples: list[Sample], sigma_s
     for i, crystal in zip(index, crystals):
         out[i] = replace(samples[i], crystal=crystal)
     return out
+
+
+def _skeleton_order(s: Sample) -> tuple[int, float, float]:
+    """The order of :func:`rank_by_skeleton` for samples it has scored: skeleton log p, then log p; unbuilt last."""
+    if s.crystal is None or s.skeleton_log_p is None:
+        return (1, 0.0, 0.0)
+    return (0, -s.skeleton_log_p, -s.log_likelihood)
 
 
 def _particles(n_particles: int | None, drawn: int) -> int | None:

@@ -14,7 +14,14 @@ import sys
 from pathlib import Path
 
 from .errors import UsageError  # noqa: F401  (the sub-command CLIs raise it)
-from .options import add_device, add_out, add_overwrite, add_quiet, add_set
+from .options import (
+    add_cache_dir,
+    add_device,
+    add_out,
+    add_overwrite,
+    add_quiet,
+    add_set,
+)
 
 
 # ---------------------------------------------------------------------- commands
@@ -262,7 +269,7 @@ def _add_train(sub) -> None:
                    help="stop cleanly after MIN minutes of training (summed over resumes); the learning rate "
                         "decays over the budget and the best model so far is exported")
     add_overwrite(p, "start again in a non-empty RUN_DIR")
-    p.add_argument("--cache-dir", type=Path, help="where CSV/CIF inputs are prepared (default ~/.cache/crystalformer)")
+    add_cache_dir(p)
     add_quiet(p)
     p.set_defaults(func=cmd_train)
 

@@ -135,6 +135,14 @@ def add_set(parser, what: str = "config") -> None:
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE", help=f"override one {what} field (repeatable)")
 
 
+def add_cache_dir(parser) -> None:
+    """``--cache-dir``: where CSV / CIF inputs are prepared before training."""
+    from pathlib import Path
+
+    parser.add_argument("--cache-dir", type=Path,
+                        help="where CSV/CIF inputs are prepared (default ~/.cache/crystalformer/prepared)")
+
+
 def add_outputs(parser, out_help: str = "output folder", out_metavar: str = "DIR",
                 overwrite_help: str = "replace a non-empty --out", quiet_help: str = "no progress bar") -> None:
     """``--out``, ``--overwrite`` and ``--quiet``, as every command that writes a folder has them."""

@@ -11,9 +11,11 @@ from pathlib import Path
 from ..errors import UsageError
 from ..options import (
     ListAction,
+    add_cache_dir,
     add_device,
     add_model,
     add_out,
+    add_outputs,
     add_overwrite,
     add_quiet,
     add_seed,
@@ -201,7 +203,7 @@ def add_parsers(sub) -> None:
                    help="small: transformer (default); judge: deep-set, another seed (independent judge); tiny: tests")
     add_set(p, "PropertyConfig")
     add_device(p, "for training")
-    p.add_argument("--cache-dir", type=Path, help="where CSV/CIF inputs are prepared (default ~/.cache/crystalformer)")
+    add_cache_dir(p)
     add_overwrite(p)
     add_quiet(p)
     p.set_defaults(func=cmd_train_property)
@@ -232,9 +234,7 @@ def add_parsers(sub) -> None:
     add_relax_options(p)
     add_seed(p)
     add_device(p, "of the prior")
-    add_out(p, "output folder")
-    add_overwrite(p)
-    add_quiet(p)
+    add_outputs(p)
     p.set_defaults(func=cmd_design)
 
     p = sub.add_parser("finetune", help="fine-tune the prior toward design targets (reverse KL, score function)",
@@ -250,7 +250,5 @@ def add_parsers(sub) -> None:
                    help="train only the discrete-choice head (default; stable) or every parameter")
     add_seed(p)
     add_device(p, "for training")
-    add_out(p, "model directory to write")
-    add_overwrite(p)
-    add_quiet(p)
+    add_outputs(p, "model directory to write")
     p.set_defaults(func=cmd_finetune)

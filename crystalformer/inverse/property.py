@@ -34,7 +34,6 @@ from ..artifacts import PROPERTY, read_artifact, write_artifact
 from ..config import ModelConfig, config_from_dict, config_to_dict
 from ..tokenizer import CrystalTokenizer
 
-FORMAT, FORMAT_VERSION = PROPERTY.format, PROPERTY.version
 ARCHS = ("transformer", "deepset")
 
 

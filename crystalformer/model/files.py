@@ -11,11 +11,7 @@ from pathlib import Path
 from ..artifacts import MODEL, read_artifact, read_metadata, write_artifact
 from ..config import ModelConfig, config_from_dict, config_to_dict
 
-__all__ = ["FILES", "FORMAT", "FORMAT_VERSION", "cumulative_train_s", "load_model", "read_config", "read_metadata",
-           "save_model"]
-
-FORMAT, FORMAT_VERSION = MODEL.format, MODEL.version
-FILES = ("config.json", "model.safetensors", "tokenizer.json", "metadata.json")
+__all__ = ["cumulative_train_s", "load_model", "read_config", "read_metadata", "save_model"]
 
 
 def save_model(model, path, metadata: dict | None = None) -> Path:

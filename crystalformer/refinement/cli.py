@@ -8,7 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UsageError
-from ..options import add_device, add_out, add_overwrite, add_quiet, add_seed, add_set
+from ..options import (
+    add_cache_dir,
+    add_device,
+    add_out,
+    add_overwrite,
+    add_quiet,
+    add_seed,
+    add_set,
+)
 
 
 def cmd_train_refiner(args) -> int:
@@ -102,7 +110,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
     add_device(p, "to train on", default=None)
     add_overwrite(p, "start again in a non-empty RUN_DIR")
-    p.add_argument("--cache-dir", type=Path, help="where CSV/CIF inputs are prepared (default ~/.cache/crystalformer)")
+    add_cache_dir(p)
     add_quiet(p)
     p.set_defaults(func=cmd_train_refiner)
 

@@ -8,9 +8,7 @@ from ..artifacts import REFINER, read_artifact, read_metadata, write_artifact
 from .config import RefinerConfig
 from .model import Refiner
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "load_refiner", "read_metadata", "save_refiner"]
-
-FORMAT, FORMAT_VERSION = REFINER.format, REFINER.version  # 2: the network predicts the normalized score
+__all__ = ["load_refiner", "read_metadata", "save_refiner"]
 
 
 def save_refiner(refiner: Refiner, path, metadata: dict | None = None) -> Path:
