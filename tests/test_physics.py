@@ -324,6 +324,47 @@ def test_energy_ranks_rock_salt_below_cscl_type(chgnet):
 
 
 @needs_chgnet
+def test_one_backward_forces_and_stress_equal_chgnets_own_calculator(chgnet):
+    """The fast calculator against CHGNet's stock one, and its forces against finite differences."""
+    from ase.build import bulk
+
+    from crystalformer.physics.potential import chgnet_forces_supported
+
+    assert chgnet_forces_supported(chgnet.model)
+    fast, stock = chgnet.calculator(), chgnet.calculator(fast=False)
+    assert type(fast) is not type(stock)
+    crystals = [bulk("NaCl", "rocksalt", a=5.5, cubic=True), bulk("Si", "diamond", a=5.5, cubic=True),
+                bulk("Fe", "bcc", a=2.9, cubic=True).repeat((2, 1, 1))]
+    crystals[-1].symbols[0] = "Co"
+    for i, atoms in enumerate(crystals):
+        atoms.rattle(0.05, seed=i)
+        atoms.set_cell(atoms.cell[:] @ (np.eye(3) + 0.01 * np.random.default_rng(i).normal(size=(3, 3))),
+                       scale_atoms=True)
+        got = {}
+        for name, calc in (("fast", fast), ("stock", stock)):
+            a = atoms.copy()
+            a.calc = calc
+            got[name] = (a.get_potential_energy(), a.get_forces(), a.get_stress())
+        assert abs(got["fast"][0] - got["stock"][0]) < 1e-4
+        np.testing.assert_allclose(got["fast"][1], got["stock"][1], atol=2e-4)
+        np.testing.assert_allclose(got["fast"][2], got["stock"][2], atol=2e-5)  # eV/Å^3
+        assert np.abs(got["fast"][1]).max() > 0.05  # the rattle left real forces to compare
+    # independent check: the force on one atom is minus the slope of the energy (central differences)
+    a = crystals[0].copy()
+    a.calc = fast
+    h, k = 1e-3, 1
+    forces = a.get_forces()
+    for axis in range(3):
+        e = []
+        for sign in (1, -1):
+            b = a.copy()
+            b.positions[k, axis] += sign * h
+            b.calc = fast
+            e.append(b.get_potential_energy())
+        assert abs(-(e[0] - e[1]) / (2 * h) - forces[k, axis]) < 5e-3
+
+
+@needs_chgnet
 def test_batched_energies_match_one_at_a_time_and_name_failures(chgnet):
     structs = [rock_salt(), cscl_type(), rock_salt(6.0)]
     batch, errors = chgnet.energies(structs, batch_size=3)
