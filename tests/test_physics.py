@@ -156,14 +156,14 @@ def test_relax_config_refuses_nonsense(field, value):
 
 def test_build_hull_resumes_and_starts_anew_when_inputs_change(tmp_path, data_dir, monkeypatch):
     pytest.importorskip("ase")
-    import crystalformer.physics.build as build_mod
+    import crystalformer.physics.parallel as parallel_mod
     import crystalformer.physics.relax as relax_mod
     from crystalformer.physics.build import build_hull
 
     monkeypatch.setattr(relax_mod, "require", lambda what="": None)
     calls = []
-    real = build_mod.relax_one
-    monkeypatch.setattr(build_mod, "relax_one", lambda s, p, c: calls.append(1) or real(s, p, c))
+    real = parallel_mod.relax_one
+    monkeypatch.setattr(parallel_mod, "relax_one", lambda s, p, c: calls.append(1) or real(s, p, c))
     pot = PairPotential()
     kw = dict(relax_within=0.0, config=RelaxConfig(steps=3), progress=False, prototypes=False)
     rep = build_hull([data_dir / "mp20_sample.csv"], tmp_path / "hull.csv", pot, **kw)
@@ -584,3 +584,51 @@ def test_contact_ratio_sees_pairs_beyond_the_covalent_sum_when_asked(monkeypatch
     assert sep.contact_ratio(cu2) == math.inf
     assert sep.contact_ratio(cu2, up_to=1.3) == pytest.approx(2.7 / 2.64, rel=1e-3)
     assert sep.push_apart(cu2, scale=1.3) > 0
+
+
+# ---------------------------------------------------------------------- relaxations in worker processes
+class _KillsItsWorker:
+    """Unpickling it ends the process: what a crash inside the potential looks like to the pool."""
+
+    def __reduce__(self):
+        import os
+
+        return os._exit, (3,)
+
+
+@needs_chgnet
+def test_relax_many_in_workers_equals_one_process_and_survives_a_dead_worker():
+    from crystalformer.physics.parallel import close_pool, relax_many
+    from crystalformer.physics.potential import load_potential
+
+    config = RelaxConfig(steps=15)
+    structures = [rock_salt(a) for a in (5.3, 5.5, 5.8, 6.0)] + [cscl_type()]
+    serial = list(relax_many(structures, load_potential("chgnet"), config))
+    pooled_potential = load_potential("chgnet", workers=2)
+    try:
+        pooled = list(relax_many(structures, pooled_potential, config))
+        assert [r.steps for r in pooled] == [r.steps for r in serial]
+        np.testing.assert_allclose([r.energy_per_atom for r in pooled], [r.energy_per_atom for r in serial],
+                                   atol=1e-5)
+        # a worker dies on the first structure: every input still gets a result, in order
+        mixed = [_KillsItsWorker()] + structures
+        results = list(relax_many(mixed, pooled_potential, config))
+        assert len(results) == len(mixed)
+        assert results[0].structure is mixed[0] and not results[0].relaxed
+        assert "worker process died" in results[0].error
+        for s, r in zip(mixed[1:], results[1:]):
+            assert r.relaxed or "worker process died" in r.error
+        assert results[-1].relaxed  # submitted after the crash: a fresh pool relaxed it
+        assert abs(results[-1].energy_per_atom - serial[-1].energy_per_atom) < 1e-5
+    finally:
+        close_pool(pooled_potential)
+    assert pooled_potential._pool is None
+
+
+def test_relax_workers_option_is_checked(tmp_path, capsys):
+    pytest.importorskip("ase")
+    from crystalformer.cli import main
+
+    assert main(["relax", str(tmp_path), "--out", str(tmp_path / "o"), "--relax-workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--relax-workers must be an integer >= 1, got 0" in err[0]

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from .hull import Entry, ReferenceHull
-from .relax import RelaxConfig, relax_one
+from .parallel import relax_many
+from .relax import RelaxConfig
 
 BCC = frozenset(["Li", "Na", "K", "Rb", "Cs", "Ba", "Eu", "V", "Nb", "Ta", "Cr", "Mo", "W", "Fe", "U"])
 HCP = frozenset(["Be", "Mg", "Sc", "Y", "Ti", "Zr", "Hf", "Tc", "Re", "Ru", "Os", "Co", "Zn", "Cd", "Tl", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Lu"])
@@ -62,12 +63,10 @@ def elemental_references(entries, potential, config: RelaxConfig | None = None) 
         present |= set(f)
         if len(f) == 1:
             pure |= set(f)
+    metals = [el for el in sorted(present - pure) if Element(el).is_metal]
+    prototypes = [elemental_prototype(el) for el in metals]
     out = []
-    for el in sorted(present - pure):
-        if not Element(el).is_metal:
-            continue
-        structure, kind = elemental_prototype(el)
-        r = relax_one(structure, potential, config)
+    for el, (_, kind), r in zip(metals, prototypes, relax_many([s for s, _ in prototypes], potential, config)):
         if math.isfinite(r.energy_per_atom):
             out.append(Entry(el, float(r.energy_per_atom), f"prototype-{kind}", "prototype", r.relaxed))
     return out
@@ -175,18 +174,17 @@ def build_hull(csvs, out, potential, workdir=None, relax_within: float = 0.05,
     todo = [i for i in near if i not in done]
     deadline = None if time_limit_min is None else t0 + 60 * time_limit_min
     with relax_file.open("a", encoding="utf-8") as f:
-        for i in tqdm(todo, desc="relax near hull", unit="structure", disable=not progress):
-            if deadline is not None and time.time() > deadline:
-                break
-            structure = items[i][2]
-            prim = structure.get_primitive_structure()
-            res = relax_one(prim, potential, config)
+        results = relax_many((items[i][2].get_primitive_structure() for i in todo), potential, config)
+        for i, res in tqdm(zip(todo, results), total=len(todo), desc="relax near hull", unit="structure",
+                           disable=not progress):
             rec = {"index": i, "material_id": items[i][0],
                    "energy_per_atom": res.energy_per_atom if res.relaxed else None,
                    "error": res.error, "steps": res.steps, "converged": res.converged}
             f.write(json.dumps(rec) + "\n")
             f.flush()
             done[i] = rec
+            if deadline is not None and time.time() > deadline:
+                break  # the relaxations still queued are dropped; a later run tries them
     drops = []
     for i, rec in done.items():
         e = rec.get("energy_per_atom")

@@ -28,11 +28,26 @@ def add_relax_options(p, flag: bool = True) -> None:
     p.add_argument("--fmax", type=float, default=0.05, help="relaxation force threshold in eV/Å (default 0.05)")
     p.add_argument("--relax-steps", type=int, default=300, help="most FIRE steps per relaxation (default 300)")
     p.add_argument("--potential", default="chgnet", help="interatomic potential (default chgnet)")
+    add_relax_workers(p)
+
+
+def add_relax_workers(p) -> None:
+    p.add_argument("--relax-workers", type=int, default=1, metavar="N",
+                   help="relax in N processes at once, one thread each (default 1; up to the number of cores "
+                        "pays, each worker holds its own copy of the potential)")
+
+
+def _relax_workers(args) -> int:
+    workers = getattr(args, "relax_workers", 1)
+    if not (isinstance(workers, int) and workers >= 1):
+        raise _usage(f"--relax-workers must be an integer >= 1, got {workers}")
+    return workers
 
 
 def relax_config(args):
     from .relax import RelaxConfig
 
+    _relax_workers(args)  # checked with the other relaxation options, before any work
     try:
         return RelaxConfig(fmax=args.fmax, steps=args.relax_steps, symmetric=not args.relax_free)
     except ValueError as err:
@@ -46,7 +61,8 @@ def potential_from(args):
 
     if getattr(args, "_potential", None) is None:
         try:
-            args._potential = load_potential(args.potential, device=getattr(args, "device", "cpu"))
+            args._potential = load_potential(args.potential, device=getattr(args, "device", "cpu"),
+                                             workers=_relax_workers(args))
         except ValueError as err:
             raise _usage(f"--potential {err}") from None
     return args._potential
@@ -162,7 +178,7 @@ def cmd_relax(args: argparse.Namespace) -> int:
     from ..io import structure_from_cif
     from ..sampling.output import check_output_dir
     from . import require
-    from .relax import relax_one
+    from .parallel import relax_many
 
     require("crystalformer relax")
     config = relax_config(args)
@@ -190,10 +206,11 @@ def cmd_relax(args: argparse.Namespace) -> int:
     counts: Counter = Counter(unreadable=len(rows))
     t0 = time.time()
     used: set[str] = set()
+    cells = [_primitive(s, config) for _, s in items]
+    results = tqdm(relax_many(cells, potential, config), total=len(items), desc="relax", unit="structure",
+                   disable=args.quiet)
     with assembled(args.out) as tmp:
-        for e, s in tqdm(items, desc="relax", unit="structure", disable=args.quiet):
-            cell = _primitive(s, config)
-            r = relax_one(cell, potential, config)
+        for (e, s), cell, r in zip(items, cells, results):
             name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in e.name) or "structure"
             while name in used:
                 name += "_"
@@ -278,6 +295,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--relax-steps", type=int, default=200)
     p.add_argument("--potential", default="chgnet")
+    add_relax_workers(p)
     add_device(p, "of the potential")
     add_quiet(p)
     p.set_defaults(func=cmd_build_hull)

@@ -33,8 +33,14 @@ class CHGNetPotential:
     """CHGNet (Deng et al., Nat. Mach. Intell. 2023): weights ship inside the ``chgnet`` wheel, offline."""
 
     device: str = "cpu"
+    workers: int = 1  # processes that relaxations spread over (physics.parallel); 1: this process
     name: str = "chgnet"
     _model: object = field(default=None, repr=False)
+    _pool: object = field(default=None, repr=False)  # the worker processes, started on first use
+
+    def __post_init__(self):
+        if not (isinstance(self.workers, int) and self.workers >= 1):
+            raise ValueError(f"workers must be an integer >= 1, got {self.workers!r}")
 
     @property
     def model(self):
@@ -107,7 +113,7 @@ def _chgnet_forces_class():
     from ase.calculators.calculator import Calculator, all_changes
 
     class _CHGNetForces(Calculator):
-        implemented_properties = ["energy", "free_energy", "forces", "stress"]
+        implemented_properties = ("energy", "free_energy", "forces", "stress")
 
         def __init__(self, model, **kwargs):
             super().__init__(**kwargs)
@@ -174,8 +180,11 @@ def chgnet_forces_supported(model) -> bool:
 POTENTIALS = {"chgnet": CHGNetPotential}
 
 
-def load_potential(name: str = "chgnet", device: str = "cpu") -> Potential:
-    """A potential by name (``chgnet``); the physics extra must be installed."""
+def load_potential(name: str = "chgnet", device: str = "cpu", workers: int = 1) -> Potential:
+    """A potential by name (``chgnet``); the physics extra must be installed.
+
+    ``workers`` > 1 spreads relaxations over that many processes (:mod:`.parallel`).
+    """
     if isinstance(name, str) is False:  # already a Potential
         return name
     try:
@@ -183,4 +192,4 @@ def load_potential(name: str = "chgnet", device: str = "cpu") -> Potential:
     except KeyError:
         raise ValueError(f"unknown potential {name!r}; known: {', '.join(POTENTIALS)}") from None
     require(f"the {name} potential")
-    return cls(device=device)
+    return cls(device=device, workers=workers)

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..sampling.dedup import default_matcher, same_structure
-from .relax import RelaxConfig, relax_one
+from .parallel import relax_many
+from .relax import RelaxConfig
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def rank_by_energy(samples, potential, n: int | None = None, config: RankConfig 
 
     chosen = distinct(order, lambda i: built[i][1], config.relax_top)
     t0 = time.perf_counter()
-    results = {i: relax_one(built[i][1], potential, config.relax) for i in chosen}
+    results = dict(zip(chosen, relax_many([built[i][1] for i in chosen], potential, config.relax)))
     stats.relax_s += time.perf_counter() - t0
     infos, crystals = {}, {}
     for i in chosen:

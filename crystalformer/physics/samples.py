@@ -6,7 +6,8 @@ import math
 from collections import Counter
 from dataclasses import replace
 
-from .relax import RelaxConfig, relax_one
+from .parallel import relax_many
+from .relax import RelaxConfig
 
 
 def adopt(crystal, result, info: dict, fallback_energy: float):
@@ -44,27 +45,26 @@ def relax_samples(samples, potential, config: RelaxConfig | None = None,
     config = config if config is not None else RelaxConfig()
     items = list(samples)
     counts: Counter = Counter()
-    iterator = range(len(items))
+    out = list(items)
+    todo = []  # (index, primitive structure) of the samples to relax
+    for i, s in enumerate(items):
+        if s.crystal is None:
+            counts["no crystal"] += 1
+            continue
+        try:
+            todo.append((i, s.crystal.to_structure().get_primitive_structure()))
+        except (ValueError, ArithmeticError) as err:
+            counts["not built"] += 1
+            out[i] = replace(s, physics={**(s.physics or {}), "relaxed": False, "relax": {"error": str(err)}})
+    results = relax_many([structure for _, structure in todo], potential, config)
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc="relax", unit="crystal")
-    out = []
-    for i in iterator:
+        results = tqdm(results, total=len(todo), desc="relax", unit="crystal")
+    for (i, _), r in zip(todo, results):
         s = items[i]
-        if s.crystal is None:
-            counts["no crystal"] += 1
-            out.append(s)
-            continue
-        try:
-            structure = s.crystal.to_structure().get_primitive_structure()
-        except (ValueError, ArithmeticError) as err:
-            counts["not built"] += 1
-            out.append(replace(s, physics={**(s.physics or {}), "relaxed": False, "relax": {"error": str(err)}}))
-            continue
-        r = relax_one(structure, potential, config)
         info = {**(s.physics or {}), "potential": potential.name, "energy_per_atom": None}
         crystal = adopt(s.crystal, r, info, r.initial_energy_per_atom)
         counts["relaxed" if info["relaxed"] else (info["relax"].get("error") or "failed").split(":")[0]] += 1
-        out.append(replace(s, crystal=crystal, physics=info))
+        out[i] = replace(s, crystal=crystal, physics=info)
     return out, counts
