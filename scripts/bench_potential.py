@@ -11,6 +11,9 @@ graph, and one at a time.
 
     OMP_NUM_THREADS=1 python scripts/bench_potential.py --n 40 --json runs/bench_potential.json
 
+With --workers W (default 2) the same relaxations then run once more over W worker processes
+(``--relax-workers``), for relaxations per second with and without the pool.
+
 Timings never go into tests; the tests check that both calculators give the same numbers.
 """
 
@@ -64,6 +67,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=150, help="FIRE steps at most")
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2,
+                   help="then relax the same structures over this many processes (physics.parallel); 1: skip")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -89,6 +94,22 @@ def main(argv=None) -> int:
         print(f"{i + 1}/{len(structures)} {len(s)} atoms: stock {row['stock']['s']:.2f} s "
               f"({row['stock']['steps']} steps), fast {row['fast']['s']:.2f} s ({row['fast']['steps']} steps)",
               flush=True)
+
+    pool_row = None
+    if args.workers > 1:  # the same relaxations (fast calculator) spread over worker processes
+        from crystalformer.physics.parallel import close_pool, relax_many
+
+        pooled = load_potential("chgnet", workers=args.workers)
+        list(relax_many([structures[0].copy()] * args.workers, pooled, RelaxConfig(steps=2)))  # start the workers
+        t0 = time.perf_counter()
+        results = list(relax_many([s.copy() for s in structures], pooled, config))
+        wall = time.perf_counter() - t0
+        close_pool(pooled)
+        same = sum(r.steps == row["fast"]["steps"] for r, row in zip(results, rows))
+        pool_row = {"workers": args.workers, "wall_s": wall, "relaxations_per_s": len(rows) / wall,
+                    "same_step_count": same}
+        print(f"{args.workers} workers: {len(rows)} relaxations in {wall:.1f} s ({len(rows) / wall:.3f}/s); same "
+              f"step count as one process for {same}", flush=True)
 
     # single points: batched with autograd's graph (CHGNet's default), batched without, one at a time
     model = fast.model
@@ -121,12 +142,15 @@ def main(argv=None) -> int:
         "same_step_count": same_steps,
         "energy_per_atom_abs_diff_max": max(de) if de else None,
         "single_points_per_s_median": {k: statistics.median(v) for k, v in sp.items()},
+        "pool": pool_row,
     }
     print("\n| calculator | relaxations/s | s per FIRE step | steps | single points/s |")
     print("|---|---|---|---|---|")
     for k in ("stock", "fast"):
         spv = summary["single_points_per_s_median"]["graph" if k == "stock" else "no_grad"]
         print(f"| {k} | {summary['relaxations_per_s'][k]:.3f} | {summary['s_per_step'][k]:.3f} | {steps[k]} | {spv:.1f} |")
+    if pool_row:
+        print(f"| fast, {pool_row['workers']} workers | {pool_row['relaxations_per_s']:.3f} | | | |")
     print(f"\nmedian per-structure speed-up {ratio:.2f}x over {len(rows)} structures; same step count for "
           f"{same_steps}; relaxed energies differ by at most {summary['energy_per_atom_abs_diff_max']:.2g} eV/atom; "
           f"single points one at a time {summary['single_points_per_s_median']['one_at_a_time']:.1f}/s")
