@@ -96,8 +96,8 @@ class CHGNetPotential:
 
         CHGNet's own calculator differentiates the energy twice (forces, then stress), each time
         with ``create_graph=True`` because its training needs second derivatives: about 1.7x the
-        work a relaxation needs. :class:`CHGNetForces` gives the same numbers (to float32 rounding,
-        tested against the stock calculator) from one first-order pass (:func:`chgnet_forces`); where the installed chgnet
+        work a relaxation needs. :func:`chgnet_forces` gives the same numbers (to float32 rounding,
+        tested against the stock calculator) from one first-order pass; where the installed chgnet
         lacks the internals it uses, the stock calculator is returned.
         """
         self.model.graph_converter.set_isolated_atom_response("error")
@@ -111,6 +111,7 @@ class CHGNetPotential:
 
 def _chgnet_forces_class():
     from ase.calculators.calculator import Calculator, all_changes
+    from ase.stress import full_3x3_to_voigt_6_stress
 
     class _CHGNetForces(Calculator):
         implemented_properties = ("energy", "free_energy", "forces", "stress")
@@ -141,9 +142,9 @@ def _chgnet_forces_class():
             total = (energy * len(structure) if model.is_intensive else energy).sum()
             d_pos, d_strain = torch.autograd.grad(total, [batch.atom_positions[0], batch.strains[0]])
             e = float(total)
-            self.results = {"energy": e, "free_energy": e,
-                            "forces": (-d_pos).detach().cpu().double().numpy(),
-                            "stress": (d_strain / batch.volumes[0]).detach().cpu().double().numpy()}
+            stress = (d_strain / batch.volumes[0]).detach().cpu().double().numpy()  # (3, 3) eV/Å^3
+            self.results = {"energy": e, "free_energy": e, "forces": (-d_pos).detach().cpu().double().numpy(),
+                            "stress": full_3x3_to_voigt_6_stress(stress)}  # ASE's form: no conversion warning
 
     return _CHGNetForces
 
