@@ -598,7 +598,7 @@ class _KillsItsWorker:
 
 @needs_chgnet
 def test_relax_many_in_workers_equals_one_process_and_survives_a_dead_worker():
-    from crystalformer.physics.parallel import close_pool, relax_many
+    from crystalformer.physics.parallel import WORKER_ERROR, close_pool, relax_many
     from crystalformer.physics.potential import load_potential
 
     config = RelaxConfig(steps=15)
@@ -610,19 +610,36 @@ def test_relax_many_in_workers_equals_one_process_and_survives_a_dead_worker():
         assert [r.steps for r in pooled] == [r.steps for r in serial]
         np.testing.assert_allclose([r.energy_per_atom for r in pooled], [r.energy_per_atom for r in serial],
                                    atol=1e-5)
-        # a worker dies on the first structure: every input still gets a result, in order
-        mixed = [_KillsItsWorker()] + structures
+        # a structure kills its worker (and with it the pool): it alone fails, named; the others
+        # that were in hand are tried again, one at a time, and relaxed; the order is kept
+        mixed = [structures[0], _KillsItsWorker()] + structures[1:]
         results = list(relax_many(mixed, pooled_potential, config))
         assert len(results) == len(mixed)
-        assert results[0].structure is mixed[0] and not results[0].relaxed
-        assert "worker process died" in results[0].error
-        for s, r in zip(mixed[1:], results[1:]):
-            assert r.relaxed or "worker process died" in r.error
-        assert results[-1].relaxed  # submitted after the crash: a fresh pool relaxed it
-        assert abs(results[-1].energy_per_atom - serial[-1].energy_per_atom) < 1e-5
+        assert results[1].structure is mixed[1] and not results[1].relaxed
+        assert results[1].error.startswith(WORKER_ERROR)
+        rest = [results[0]] + results[2:]
+        assert all(r.relaxed for r in rest), [r.error for r in rest]
+        np.testing.assert_allclose([r.energy_per_atom for r in rest], [r.energy_per_atom for r in serial],
+                                   atol=1e-5)
+        # stopping early cancels what has not started, and the pool serves the next call
+        first = relax_many(structures, pooled_potential, config)
+        assert next(first).relaxed
+        first.close()
+        assert next(relax_many(structures[:2], pooled_potential, config)).relaxed
     finally:
         close_pool(pooled_potential)
     assert pooled_potential._pool is None
+
+
+@needs_chgnet
+def test_workers_that_cannot_start_are_one_error_not_a_failure_per_structure():
+    from crystalformer.physics.parallel import relax_many
+    from crystalformer.physics.potential import CHGNetPotential
+
+    broken = CHGNetPotential(device="no-such-device", workers=2)
+    with pytest.raises(RuntimeError, match="could not start the chgnet potential"):
+        list(relax_many([rock_salt(), cscl_type()], broken, RelaxConfig(steps=2)))
+    assert broken._pool is None
 
 
 def test_relax_workers_option_is_checked(tmp_path, capsys):

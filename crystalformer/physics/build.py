@@ -18,6 +18,8 @@ done, saying how many near-hull entries stayed unrelaxed.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import math
 import time
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .hull import Entry, ReferenceHull
-from .parallel import relax_many
+from .parallel import WORKER_ERROR, relax_many
 from .relax import RelaxConfig
 
 BCC = frozenset(["Li", "Na", "K", "Rb", "Cs", "Ba", "Eu", "V", "Nb", "Ta", "Cr", "Mo", "W", "Fe", "U"])
@@ -173,10 +175,12 @@ def build_hull(csvs, out, potential, workdir=None, relax_within: float = 0.05,
     done = _read_relaxed(relax_file, {**key, "relax": asdict(config)}, items)
     todo = [i for i in near if i not in done]
     deadline = None if time_limit_min is None else t0 + 60 * time_limit_min
-    with relax_file.open("a", encoding="utf-8") as f:
-        results = relax_many((items[i][2].get_primitive_structure() for i in todo), potential, config)
+    results = relax_many((items[i][2].get_primitive_structure() for i in todo), potential, config)
+    with relax_file.open("a", encoding="utf-8") as f, contextlib.closing(results):
         for i, res in tqdm(zip(todo, results), total=len(todo), desc="relax near hull", unit="structure",
                            disable=not progress):
+            if res.error is not None and res.error.startswith(WORKER_ERROR):
+                continue  # lost with a worker process, not judged: a later run tries it again
             rec = {"index": i, "material_id": items[i][0],
                    "energy_per_atom": res.energy_per_atom if res.relaxed else None,
                    "error": res.error, "steps": res.steps, "converged": res.converged}
@@ -184,7 +188,7 @@ def build_hull(csvs, out, potential, workdir=None, relax_within: float = 0.05,
             f.flush()
             done[i] = rec
             if deadline is not None and time.time() > deadline:
-                break  # the relaxations still queued are dropped; a later run tries them
+                break  # closing ``results`` cancels what has not started; a later run tries those
     drops = []
     for i, rec in done.items():
         e = rec.get("energy_per_atom")
