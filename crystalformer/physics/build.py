@@ -19,7 +19,6 @@ done, saying how many near-hull entries stayed unrelaxed.
 from __future__ import annotations
 
 import contextlib
-
 import json
 import math
 import time
