@@ -24,10 +24,14 @@ if TYPE_CHECKING:
 Rank = Literal["logp", "skeleton", "energy"]
 RANKS = ("logp", "skeleton", "energy")
 REDRAW_ROUNDS = 3  # extra draws when duplicates leave fewer than n distinct candidates
+# crystals drawn per composition when ``candidates`` is not given, by ranking. Energy: on 120
+# development mp_20 val targets, 256 candidates gave match@1 54.2 % against 50.0 % with 64 (same
+# targets; @5 65.0 against 59.2 %) at 28 s against 17 s per target (model card).
+CANDIDATES = {"skeleton": 64, "energy": 256}
 
 
 def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, rank: Rank = "logp",
-                      distinct: bool = True, candidates: int = 64, cell: str = "reduced",
+                      distinct: bool = True, candidates: int | None = None, cell: str = "reduced",
                       formula_units: Iterable[int] | None = None, max_atoms: int = 80,
                       space_groups: Iterable[int] | None = None, n_particles: int | None = None,
                       temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, smc: bool = True,
@@ -39,7 +43,8 @@ def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, ra
     - ``rank="logp"``: by the model's log-likelihood; ``"skeleton"``: by the probability of the
       symmetry skeleton (space group, Wyckoff letters, elements) over ``candidates`` draws;
       ``"energy"``: ``candidates`` draws, single points for all, the best ``relax_top`` relaxed,
-      ranked by relaxed energy per atom (needs ``crystalformer[physics]``).
+      ranked by relaxed energy per atom (needs ``crystalformer[physics]``). ``candidates``
+      defaults to :data:`CANDIDATES` of the ranking (64 for skeleton, 256 for energy).
     - ``distinct``: duplicates (StructureMatcher) of a better-ranked candidate are removed; with
       ``rank="logp"`` twice ``n`` are drawn, and while fewer than ``n`` distinct ones remain, up
       to :data:`REDRAW_ROUNDS` more draws (new seeds) join the pool, which is ranked again. The
@@ -56,6 +61,10 @@ def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, ra
 
     if rank not in RANKS:
         raise ValueError(f"rank must be one of {', '.join(RANKS)}; got {rank!r}")
+    if candidates is None:
+        candidates = CANDIDATES.get(rank, 64)
+    elif candidates < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     formula_units = None if formula_units is None else list(formula_units)  # drawn again below: read once

@@ -63,3 +63,16 @@ def test_csp_rank_skeleton_option(tmp_path, capsys):
     assert "skeleton_log_p" not in rows[0]
     lps = [r["log_likelihood"] for r in rows]
     assert lps == sorted(lps, reverse=True)
+
+
+def test_candidates_default_follows_the_ranking(tmp_path):
+    from crystalformer.api import CANDIDATES
+
+    out = tmp_path / "sk"
+    assert main(["csp", "--model", "perov_5", "--composition", "SrTiO3", "--n", "2", "--rank", "skeleton",
+                 "--out", str(out), "--quiet"]) == 0
+    meta = json.loads((out / "samples.json").read_text())["meta"]
+    assert meta["candidates"] == CANDIDATES["skeleton"] == 64
+    assert CANDIDATES["energy"] == 256
+    assert main(["csp", "--model", "perov_5", "--composition", "SrTiO3", "--n", "2", "--rank", "skeleton",
+                 "--candidates", "0", "--out", str(tmp_path / "bad"), "--quiet"]) == 2

@@ -199,6 +199,12 @@ def cmd_csp(args: argparse.Namespace) -> int:
 
     if (args.composition is None) == (args.targets is None):
         raise _usage("csp needs exactly one of --composition FORMULA or --targets CSV")
+    if args.candidates is None:  # the ranking's default (64 for skeleton, 256 for energy)
+        from ..api import CANDIDATES
+
+        args.candidates = CANDIDATES.get(args.rank, 64)
+    elif args.candidates < 1:
+        raise _usage(f"--candidates must be >= 1, got {args.candidates}")
     _check_output_options(args)
     check_output_dir(args.out, args.overwrite)
     check_physics(args, args.relax or args.rank == "energy")
@@ -235,7 +241,7 @@ def _predict(args, model, formula, cell, seed):
         energy = dict(candidates=config.candidates, relax_top=config.relax_top, relax=config.relax,
                       tie_window=config.tie_window, potential=potential_from(args), rank_stats=args._rank_stats)
     elif args.rank == "skeleton":
-        energy = dict(candidates=args.candidates)
+        energy = dict(candidates=args.candidates)  # None: the ranking's default
     refiner = None if args.refine is None else _refiner_dir(args.refine)
     result = predict_structure(model, formula, rank=args.rank, cell=cell, seed=seed, refiner=refiner,
                                sigma_start=args.sigma_start, device=args.device,
@@ -425,8 +431,8 @@ def add_parsers(sub) -> None:
                         "--candidates, better on mp_20-like chemistry, worse on perovskites (see the model card); "
                         "or by energy: decode --candidates, remove duplicates, relax the --relax-top lowest single "
                         "points with the potential and rank by relaxed energy per atom (physics extra)")
-    p.add_argument("--candidates", type=int, default=64,
-                   help="crystals decoded for --rank skeleton and --rank energy (default 64)")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="crystals decoded for --rank skeleton (default 64) and --rank energy (default 256)")
     p.add_argument("--relax-top", type=int, default=8, help="candidates relaxed for --rank energy (default 8)")
     p.add_argument("--keep-duplicates", action="store_true",
                    help="--composition by log p: keep repeated structures (default: draw 2n, keep the first n "
