@@ -24,10 +24,17 @@ if TYPE_CHECKING:
 Rank = Literal["logp", "skeleton", "energy"]
 RANKS = ("logp", "skeleton", "energy")
 REDRAW_ROUNDS = 3  # extra draws when duplicates leave fewer than n distinct candidates
-# crystals drawn per composition when ``candidates`` is not given, by ranking. Energy: on 120
-# development mp_20 val targets, 256 candidates gave match@1 54.2 % against 50.0 % with 64 (same
-# targets; @5 65.0 against 59.2 %) at 28 s against 17 s per target (model card).
-CANDIDATES = {"skeleton": 64, "energy": 256}
+SKELETON_CANDIDATES = 64  # draws ranked by skeleton probability when ``candidates`` is not given
+
+
+def default_candidates(rank: str) -> int:
+    """Crystals drawn per composition when ``candidates`` is not given: 64 for the skeleton
+    ranking, :class:`~crystalformer.physics.ranking.RankConfig`'s (256) for energy."""
+    if rank == "energy":
+        from .physics.ranking import RankConfig
+
+        return RankConfig.candidates
+    return SKELETON_CANDIDATES
 
 
 def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, rank: Rank = "logp",
@@ -44,7 +51,7 @@ def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, ra
       symmetry skeleton (space group, Wyckoff letters, elements) over ``candidates`` draws;
       ``"energy"``: ``candidates`` draws, single points for all, the best ``relax_top`` relaxed,
       ranked by relaxed energy per atom (needs ``crystalformer[physics]``). ``candidates``
-      defaults to :data:`CANDIDATES` of the ranking (64 for skeleton, 256 for energy).
+      defaults to :func:`default_candidates` of the ranking (64 for skeleton, 256 for energy).
     - ``distinct``: duplicates (StructureMatcher) of a better-ranked candidate are removed; with
       ``rank="logp"`` twice ``n`` are drawn, and while fewer than ``n`` distinct ones remain, up
       to :data:`REDRAW_ROUNDS` more draws (new seeds) join the pool, which is ranked again. The
@@ -62,7 +69,7 @@ def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, ra
     if rank not in RANKS:
         raise ValueError(f"rank must be one of {', '.join(RANKS)}; got {rank!r}")
     if candidates is None:
-        candidates = CANDIDATES.get(rank, 64)
+        candidates = default_candidates(rank)
     elif candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     if n < 1:

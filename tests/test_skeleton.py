@@ -66,13 +66,14 @@ def test_csp_rank_skeleton_option(tmp_path, capsys):
 
 
 def test_candidates_default_follows_the_ranking(tmp_path):
-    from crystalformer.api import CANDIDATES
+    from crystalformer.api import SKELETON_CANDIDATES, default_candidates
+    from crystalformer.physics.ranking import RankConfig
 
     out = tmp_path / "sk"
     assert main(["csp", "--model", "perov_5", "--composition", "SrTiO3", "--n", "2", "--rank", "skeleton",
                  "--out", str(out), "--quiet"]) == 0
     meta = json.loads((out / "samples.json").read_text())["meta"]
-    assert meta["candidates"] == CANDIDATES["skeleton"] == 64
-    assert CANDIDATES["energy"] == 256
+    assert meta["candidates"] == SKELETON_CANDIDATES == default_candidates("skeleton") == 64
+    assert default_candidates("energy") == RankConfig.candidates == 256
     assert main(["csp", "--model", "perov_5", "--composition", "SrTiO3", "--n", "2", "--rank", "skeleton",
                  "--candidates", "0", "--out", str(tmp_path / "bad"), "--quiet"]) == 2

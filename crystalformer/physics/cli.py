@@ -73,8 +73,7 @@ def rank_config(args):
     from .ranking import RankConfig
 
     try:
-        candidates = RankConfig.candidates if args.candidates is None else args.candidates
-        return RankConfig(candidates=max(candidates, args.n), relax_top=args.relax_top, relax=relax_config(args),
+        return RankConfig(candidates=max(args.candidates, args.n), relax_top=args.relax_top, relax=relax_config(args),
                           tie_window=getattr(args, "tie_window", 0.03))
     except ValueError as err:
         raise _usage(f"--candidates / --relax-top / --tie-window: {err}") from None

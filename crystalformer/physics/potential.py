@@ -8,6 +8,7 @@ use :func:`load_potential` by name, so another potential is one more entry in ``
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 from dataclasses import dataclass, field
@@ -109,9 +110,16 @@ class CHGNetPotential:
             return CHGNetCalculator(model=self.model, use_device=self.device, on_isolated_atoms="error")
 
 
+@functools.cache
 def _chgnet_forces_class():
+    """The calculator class, built on first use (ASE, torch and chgnet are imported then, once)."""
+    import warnings
+
+    import torch
     from ase.calculators.calculator import Calculator, all_changes
     from ase.stress import full_3x3_to_voigt_6_stress
+    from chgnet.model.model import BatchedGraph
+    from pymatgen.io.ase import AseAtomsAdaptor
 
     class _CHGNetForces(Calculator):
         implemented_properties = ("energy", "free_energy", "forces", "stress")
@@ -119,21 +127,15 @@ def _chgnet_forces_class():
         def __init__(self, model, **kwargs):
             super().__init__(**kwargs)
             self.model = model.eval()  # once: eval() walks every submodule
+            self.device = next(model.parameters()).device
 
         def calculate(self, atoms=None, properties=None, system_changes=all_changes):
-            import warnings
-
-            import torch
-            from chgnet.model.model import BatchedGraph
-            from pymatgen.io.ase import AseAtomsAdaptor
-
             super().calculate(atoms, properties, system_changes)
             model = self.model
             structure = AseAtomsAdaptor.get_structure(self.atoms)
-            device = next(model.parameters()).device
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # chgnet builds a tensor from tensors (harmless)
-                graph = model.graph_converter(structure).to(device)
+                graph = model.graph_converter(structure).to(self.device)
                 shift = 0 if model.composition_model is None else model.composition_model([graph])
                 batch = BatchedGraph.from_graphs([graph], bond_basis_expansion=model.bond_basis_expansion,
                                                  angle_basis_expansion=model.angle_basis_expansion,
@@ -155,13 +157,7 @@ def chgnet_forces(model):
     Forces are -dE/d(positions) and stress (1/V) dE/d(strain), as CHGNet defines them; built on
     CHGNet's graph assembly and forward pass (``BatchedGraph.from_graphs``, ``CHGNet._compute``).
     """
-    global _CHGNET_FORCES
-    if _CHGNET_FORCES is None:
-        _CHGNET_FORCES = _chgnet_forces_class()
-    return _CHGNET_FORCES(model)
-
-
-_CHGNET_FORCES = None
+    return _chgnet_forces_class()(model)
 
 
 def chgnet_forces_supported(model) -> bool:

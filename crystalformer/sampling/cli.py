@@ -200,9 +200,9 @@ def cmd_csp(args: argparse.Namespace) -> int:
     if (args.composition is None) == (args.targets is None):
         raise _usage("csp needs exactly one of --composition FORMULA or --targets CSV")
     if args.candidates is None:  # the ranking's default (64 for skeleton, 256 for energy)
-        from ..api import CANDIDATES
+        from ..api import default_candidates
 
-        args.candidates = CANDIDATES.get(args.rank, 64)
+        args.candidates = default_candidates(args.rank)
     elif args.candidates < 1:
         raise _usage(f"--candidates must be >= 1, got {args.candidates}")
     _check_output_options(args)
@@ -241,7 +241,7 @@ def _predict(args, model, formula, cell, seed):
         energy = dict(candidates=config.candidates, relax_top=config.relax_top, relax=config.relax,
                       tie_window=config.tie_window, potential=potential_from(args), rank_stats=args._rank_stats)
     elif args.rank == "skeleton":
-        energy = dict(candidates=args.candidates)  # None: the ranking's default
+        energy = dict(candidates=args.candidates)
     refiner = None if args.refine is None else _refiner_dir(args.refine)
     result = predict_structure(model, formula, rank=args.rank, cell=cell, seed=seed, refiner=refiner,
                                sigma_start=args.sigma_start, device=args.device,
