@@ -37,21 +37,30 @@ def default_candidates(rank: str) -> int:
     return SKELETON_CANDIDATES
 
 
+def default_relax_top() -> int:
+    """Candidates relaxed by ``rank="energy"`` when ``relax_top`` is not given
+    (:class:`~crystalformer.physics.ranking.RankConfig`'s, 3)."""
+    from .physics.ranking import RankConfig
+
+    return RankConfig.relax_top
+
+
 def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, rank: Rank = "logp",
                       distinct: bool = True, candidates: int | None = None, cell: str = "reduced",
                       formula_units: Iterable[int] | None = None, max_atoms: int = 80,
                       space_groups: Iterable[int] | None = None, n_particles: int | None = None,
                       temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, smc: bool = True,
                       refiner: Refiner | str | Path | None = None, sigma_start: float = 0.05, device: str = "cpu",
-                      relax_top: int = 8, potential: str = "chgnet", relax: RelaxConfig | None = None,
+                      relax_top: int | None = None, potential: str = "chgnet", relax: RelaxConfig | None = None,
                       tie_window: float = 0.03, rank_stats: RankStats | None = None) -> SampleSet:
     """``n`` candidate structures of ``composition`` (e.g. ``"SrTiO3"``), best first.
 
     - ``rank="logp"``: by the model's log-likelihood; ``"skeleton"``: by the probability of the
       symmetry skeleton (space group, Wyckoff letters, elements) over ``candidates`` draws;
-      ``"energy"``: ``candidates`` draws, single points for all, the best ``relax_top`` relaxed,
-      ranked by relaxed energy per atom (needs ``crystalformer[physics]``). ``candidates``
-      defaults to :func:`default_candidates` of the ranking (64 for skeleton, 256 for energy).
+      ``"energy"``: ``candidates`` draws, single points for all, the best ``relax_top`` relaxed
+      (default :class:`~crystalformer.physics.ranking.RankConfig`'s, 3), ranked by relaxed energy
+      per atom (needs ``crystalformer[physics]``). ``candidates`` defaults to
+      :func:`default_candidates` of the ranking (64 for skeleton, 256 for energy).
     - ``distinct``: duplicates (StructureMatcher) of a better-ranked candidate are removed; with
       ``rank="logp"`` twice ``n`` are drawn, and while fewer than ``n`` distinct ones remain, up
       to :data:`REDRAW_ROUNDS` more draws (new seeds) join the pool, which is ranked again. The
@@ -88,7 +97,8 @@ def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, ra
         from .physics.ranking import RankConfig, rank_by_energy
 
         require('rank="energy"')
-        config = RankConfig(candidates=max(candidates, n), relax_top=relax_top, tie_window=tie_window,
+        config = RankConfig(candidates=max(candidates, n),
+                            relax_top=default_relax_top() if relax_top is None else relax_top, tie_window=tie_window,
                             dedup=distinct, **({} if relax is None else {"relax": relax}))
         result = draw(model, composition, config.candidates, n_particles=_particles(n_particles, config.candidates),
                       **options)

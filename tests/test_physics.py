@@ -403,12 +403,15 @@ def test_relax_command_writes_energies_and_counts_unreadable(tmp_path, capsys):
 @needs_chgnet
 def test_csp_rank_energy_end_to_end(tmp_path, capsys):
     from crystalformer.cli import main
+    from crystalformer.physics.ranking import RankConfig
 
     out = tmp_path / "csp"
     code = main(["csp", "--composition", "NaCl", "--rank", "energy", "--n", "3", "--candidates", "8",
-                 "--relax-top", "2", "--relax-steps", "60", "--out", str(out), "--quiet"])
+                 "--relax-steps", "60", "--out", str(out), "--quiet"])  # --relax-top left at its default
     assert code == 0
-    rows = json.loads((out / "samples.json").read_text())["samples"]
+    data = json.loads((out / "samples.json").read_text())
+    assert data["meta"]["relax_top"] == RankConfig.relax_top == 3
+    rows = data["samples"]
     assert 1 <= len(rows) <= 3
     energies = [r["energy_per_atom"] for r in rows]
     relaxed = [r for r in rows if r["relaxed"]]

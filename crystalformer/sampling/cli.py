@@ -205,6 +205,10 @@ def cmd_csp(args: argparse.Namespace) -> int:
         args.candidates = default_candidates(args.rank)
     elif args.candidates < 1:
         raise _usage(f"--candidates must be >= 1, got {args.candidates}")
+    if args.relax_top is None and args.rank == "energy":  # physics is only imported when used
+        from ..api import default_relax_top
+
+        args.relax_top = default_relax_top()
     _check_output_options(args)
     check_output_dir(args.out, args.overwrite)
     check_physics(args, args.relax or args.rank == "energy")
@@ -433,7 +437,9 @@ def add_parsers(sub) -> None:
                         "points with the potential and rank by relaxed energy per atom (physics extra)")
     p.add_argument("--candidates", type=int, default=None,
                    help="crystals decoded for --rank skeleton (default 64) and --rank energy (default 256)")
-    p.add_argument("--relax-top", type=int, default=8, help="candidates relaxed for --rank energy (default 8)")
+    p.add_argument("--relax-top", type=int, default=None,
+                   help="candidates relaxed for --rank energy (default 3: relaxing more widens the shortlist, "
+                        "@5, but puts more wrong candidates within the potential's error of the right one, @1)")
     p.add_argument("--keep-duplicates", action="store_true",
                    help="--composition by log p: keep repeated structures (default: draw 2n, keep the first n "
                         "distinct ones, StructureMatcher)")
