@@ -21,6 +21,7 @@ import numpy as np
 
 from ..validity import MIN_DISTANCE
 from . import require
+from .cellfilter import cell_filter
 from .separate import push_apart
 
 
@@ -92,7 +93,6 @@ def relax_one(structure, potential, config: RelaxConfig = RelaxConfig()) -> Rela
     """Relax one pymatgen Structure; never raises for a bad structure (see the module text)."""
     require("relaxation")
     from ase.constraints import FixSymmetry
-    from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -132,7 +132,7 @@ def relax_one(structure, potential, config: RelaxConfig = RelaxConfig()) -> Rela
             if push:
                 separation += push_apart(atoms, config.separate, cell=config.cell)
             v0 = atoms.get_volume()  # after the push: the explosion check is about the potential's steps
-            target = FrechetCellFilter(atoms) if config.cell else atoms
+            target = cell_filter(atoms) if config.cell else atoms
             opt = FIRE(target, logfile=None)
             converged = bool(opt.run(fmax=config.fmax, steps=config.steps))
             steps = int(opt.nsteps)

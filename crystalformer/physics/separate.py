@@ -93,13 +93,14 @@ def push_apart(atoms, scale: float = SCALE, steps: int = 200, cell: bool = True)
     require("relaxation")
     if len(atoms) < 1 or contact_ratio(atoms, scale) >= scale:
         return 0
-    from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
+
+    from .cellfilter import cell_filter
 
     calc = atoms.calc
     atoms.calc = soft_spheres(scale)
     try:
-        target = FrechetCellFilter(atoms) if cell else atoms
+        target = cell_filter(atoms) if cell else atoms
         opt = FIRE(target, logfile=None, maxstep=0.1)
         opt.run(fmax=1e-3, steps=steps)
         return int(opt.nsteps)
