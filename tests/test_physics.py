@@ -667,6 +667,15 @@ def test_relax_many_in_workers_equals_one_process_and_survives_a_dead_worker():
         assert next(first).relaxed
         first.close()
         assert next(relax_many(structures[:2], pooled_potential, config)).relaxed
+        # an interrupt (Ctrl-C; SIGTERM becomes SystemExit) ends the workers without waiting for
+        # the relaxations under way
+        workers = list(pooled_potential._pool._processes.values())
+        running = relax_many(structures * 4, pooled_potential, RelaxConfig(steps=300, fmax=1e-6))
+        assert next(running).structure is not None
+        with pytest.raises(KeyboardInterrupt):
+            running.throw(KeyboardInterrupt)
+        assert pooled_potential._pool is None
+        assert workers and not any(w.is_alive() for w in workers)
     finally:
         close_pool(pooled_potential)
     assert pooled_potential._pool is None
