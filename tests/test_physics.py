@@ -670,7 +670,7 @@ def test_relax_many_in_workers_equals_one_process_and_survives_a_dead_worker():
         # an interrupt (Ctrl-C; SIGTERM becomes SystemExit) ends the workers without waiting for
         # the relaxations under way
         workers = list(pooled_potential._pool._processes.values())
-        running = relax_many(structures * 4, pooled_potential, RelaxConfig(steps=300, fmax=1e-6))
+        running = relax_many(structures * 4, pooled_potential, RelaxConfig(steps=60, fmax=1e-6))
         assert next(running).structure is not None
         with pytest.raises(KeyboardInterrupt):
             running.throw(KeyboardInterrupt)
