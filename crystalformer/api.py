@@ -37,14 +37,6 @@ def default_candidates(rank: str) -> int:
     return SKELETON_CANDIDATES
 
 
-def default_relax_top() -> int:
-    """Candidates relaxed by ``rank="energy"`` when ``relax_top`` is not given
-    (:class:`~crystalformer.physics.ranking.RankConfig`'s, 3)."""
-    from .physics.ranking import RankConfig
-
-    return RankConfig.relax_top
-
-
 def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, rank: Rank = "logp",
                       distinct: bool = True, candidates: int | None = None, cell: str = "reduced",
                       formula_units: Iterable[int] | None = None, max_atoms: int = 80,
@@ -98,7 +90,7 @@ def predict_structure(model: CrystalFormer, composition: str, n: int = 20, *, ra
 
         require('rank="energy"')
         config = RankConfig(candidates=max(candidates, n),
-                            relax_top=default_relax_top() if relax_top is None else relax_top, tie_window=tie_window,
+                            relax_top=RankConfig.relax_top if relax_top is None else relax_top, tie_window=tie_window,
                             dedup=distinct, **({} if relax is None else {"relax": relax}))
         result = draw(model, composition, config.candidates, n_particles=_particles(n_particles, config.candidates),
                       **options)

@@ -66,7 +66,7 @@ def test_csp_rank_skeleton_option(tmp_path, capsys):
 
 
 def test_candidates_default_follows_the_ranking(tmp_path):
-    from crystalformer.api import SKELETON_CANDIDATES, default_candidates, default_relax_top
+    from crystalformer.api import SKELETON_CANDIDATES, default_candidates
     from crystalformer.physics.ranking import RankConfig
 
     out = tmp_path / "sk"
@@ -76,6 +76,6 @@ def test_candidates_default_follows_the_ranking(tmp_path):
     assert meta["candidates"] == SKELETON_CANDIDATES == default_candidates("skeleton") == 64
     assert default_candidates("energy") == RankConfig.candidates == 256
     assert meta["relax_top"] is None  # only the energy ranking relaxes
-    assert default_relax_top() == RankConfig.relax_top == 3
+    assert RankConfig.relax_top == 3
     assert main(["csp", "--model", "perov_5", "--composition", "SrTiO3", "--n", "2", "--rank", "skeleton",
                  "--candidates", "0", "--out", str(tmp_path / "bad"), "--quiet"]) == 2

@@ -34,8 +34,8 @@ from .relax import RelaxConfig
 
 @dataclass(frozen=True)
 class RankConfig:
-    # crystals decoded per composition. On 120 development mp_20 val targets 256 gave match@1 54.2 %
-    # against 50.0 % with 64 (same targets; @5 65.0 against 59.2 %), 28 s against 17 s per target
+    # crystals decoded per composition. On 200 development mp_20 val targets 256 gave match@1 50.0 %
+    # against 47.5 % with 64 (same targets; @5 65.0 against 58.5 %, @20 70.0 against 64.0 %)
     candidates: int = 256
     # distinct lowest single-point candidates relaxed. On 60 development mp_20 val targets (64
     # candidates) relaxing 8 gave match@1 46.7 % against 51.7 % with 3 (@5 65.0 against 58.3 %):

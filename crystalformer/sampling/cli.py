@@ -206,9 +206,9 @@ def cmd_csp(args: argparse.Namespace) -> int:
     elif args.candidates < 1:
         raise _usage(f"--candidates must be >= 1, got {args.candidates}")
     if args.relax_top is None and args.rank == "energy":  # physics is only imported when used
-        from ..api import default_relax_top
+        from ..physics.ranking import RankConfig
 
-        args.relax_top = default_relax_top()
+        args.relax_top = RankConfig.relax_top
     _check_output_options(args)
     check_output_dir(args.out, args.overwrite)
     check_physics(args, args.relax or args.rank == "energy")
