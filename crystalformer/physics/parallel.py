@@ -105,6 +105,9 @@ def _terminate(potential, pool) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.join(timeout=10)
+        if process.is_alive():  # SIGTERM not honoured in time: SIGKILL cannot be
+            process.kill()
+            process.join(timeout=5)
 
 
 def _pool(potential):
