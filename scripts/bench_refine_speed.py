@@ -1,13 +1,15 @@
 """Refinement vs decoding: wall time on the same crystals, side by side in one process.
 
 Decodes --n crystals with the shipped generative model (``sample(model, n, batch_size=n,
-seed=--seed)``), then refines the decoded crystals with the shipped refiner
-(``refine_crystals`` defaults: probability-flow ODE, --steps Heun steps from sigma 0.05,
-batches of --refine-batch-size). Both run --repeats times, interleaved (decode, refine, decode,
-...), at --threads torch threads, after a warm-up on 8 crystals; the medians are compared
-(goal: refine/decode <= 1). Prints a markdown table and writes JSON to --json.
+seed=--seed)``), then refines the decoded crystals with each refiner of --refiners (default: the
+shipped one; ``refine_crystals`` defaults: probability-flow ODE, --steps Heun steps from sigma
+0.05, batches of --refine-batch-size). Everything runs --repeats times, interleaved (decode,
+refiner 1, refiner 2, ..., decode, ...), at --threads torch threads, after a warm-up on 8
+crystals; the medians are compared (goal: refine/decode <= 1). Prints a markdown table and
+writes JSON to --json.
 
-    OMP_NUM_THREADS=1 python scripts/bench_refine_speed.py --n 1000 --repeats 3
+    OMP_NUM_THREADS=1 python scripts/bench_refine_speed.py --n 1000 --repeats 3 \
+        --refiners shipped path/to/other/refiner
 
 The script only calls the public ``sample`` and ``refine_crystals``, so an older checkout of
 the package can be timed with the same script (PYTHONPATH=that checkout).
@@ -61,30 +63,39 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=10, help="ODE (Heun) steps of the refinement")
     p.add_argument("--refine-batch-size", type=int, default=64)
+    p.add_argument("--refiners", nargs="+", default=["shipped"],
+                   help="refiner folders timed side by side ('shipped': the package's default)")
     p.add_argument("--json", type=Path, default=Path("runs/bench_refine_speed.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model()
-    refiner = load_refiner(default_dir("refiner"))
+    refiners = {name: load_refiner(default_dir("refiner") if name == "shipped" else name) for name in args.refiners}
 
     def decode(n: int):
         return sample(model, n, batch_size=n, seed=args.seed).crystals
 
-    def refine(crystals):
+    def refine(refiner, crystals):
         return refine_crystals(refiner, crystals, n_steps=args.steps, batch_size=args.refine_batch_size)
 
-    refine([c for c in decode(8) if c is not None])  # warm-up: first-call costs out of the timings
-    decode_s, refine_s, runs = [], [], []
+    warm = [c for c in decode(8) if c is not None]  # warm-up: first-call costs out of the timings
+    for refiner in refiners.values():
+        refine(refiner, warm)
+    decode_s: list[float] = []
+    refine_s: dict[str, list[float]] = {name: [] for name in refiners}
+    runs: dict[str, list] = {name: [] for name in refiners}
     crystals: list = []
     for r in range(args.repeats):
         decoded, t = _timed(lambda: decode(args.n))
         decode_s.append(t)
         crystals = crystals or [c for c in decoded if c is not None]
-        refined, t = _timed(lambda: refine(crystals))  # noqa: B023 (called at once)
-        refine_s.append(t)
-        runs.append(refined)
-        print(f"repeat {r + 1}: decode {decode_s[-1]:.2f} s, refine {refine_s[-1]:.2f} s", flush=True)
-    dec, ref = statistics.median(decode_s), statistics.median(refine_s)
+        line = f"repeat {r + 1}: decode {decode_s[-1]:.2f} s"
+        for name, refiner in refiners.items():
+            refined, t = _timed(lambda: refine(refiner, crystals))  # noqa: B023 (called at once)
+            refine_s[name].append(t)
+            runs[name].append(refined)
+            line += f", refine[{name}] {t:.2f} s"
+        print(line, flush=True)
+    dec = statistics.median(decode_s)
     atoms = [c.num_atoms for c in crystals]
     result = {
         "args": {k: str(v) for k, v in vars(args).items()},
@@ -94,19 +105,27 @@ def main(argv=None) -> int:
         "with_free_parameters": sum(any(s.params for s in c.sites) for c in crystals),
         "atoms_mean": round(statistics.mean(atoms), 2), "atoms_max": max(atoms),
         "ordered_pairs": _pairs(crystals),
-        "decode_s": [round(t, 3) for t in decode_s], "refine_s": [round(t, 3) for t in refine_s],
-        "decode_median_s": round(dec, 3), "refine_median_s": round(ref, 3),
-        "decode_crystals_per_s": round(args.n / dec, 1), "refine_crystals_per_s": round(len(crystals) / ref, 1),
-        "refine_over_decode": round(ref / dec, 3),
-        "repeat_max_param_change": max((_max_param_change(runs[0], x) for x in runs[1:]), default=0.0),
+        "decode_s": [round(t, 3) for t in decode_s],
+        "decode_median_s": round(dec, 3),
+        "decode_crystals_per_s": round(args.n / dec, 1),
+        "refiners": {},
     }
+    for name in refiners:
+        ref = statistics.median(refine_s[name])
+        result["refiners"][name] = {
+            "network": getattr(refiners[name].config.network, "kind", "pairs"),
+            "refine_s": [round(t, 3) for t in refine_s[name]], "refine_median_s": round(ref, 3),
+            "refine_crystals_per_s": round(len(crystals) / ref, 1), "refine_over_decode": round(ref / dec, 3),
+            "repeat_max_param_change": max((_max_param_change(runs[name][0], x) for x in runs[name][1:]),
+                                           default=0.0),
+        }
     print(f"\n{len(crystals)} crystals (mean {result['atoms_mean']} atoms, max {result['atoms_max']}; "
           f"{result['ordered_pairs']:,} ordered pairs), {args.threads} thread(s), median of {args.repeats}\n")
-    print("| step | median s | crystals/s | runs (s) |\n|---|---|---|---|")
-    print(f"| decode | {dec:.2f} | {result['decode_crystals_per_s']} | {result['decode_s']} |")
-    print(f"| refine (ode, {args.steps} steps) | {ref:.2f} | {result['refine_crystals_per_s']} "
-          f"| {result['refine_s']} |")
-    print(f"\nrefine / decode = {result['refine_over_decode']:.2f}")
+    print("| step | median s | crystals/s | / decode | runs (s) |\n|---|---|---|---|---|")
+    print(f"| decode | {dec:.2f} | {result['decode_crystals_per_s']} | 1 | {result['decode_s']} |")
+    for name, r in result["refiners"].items():
+        print(f"| refine {name} ({r['network']}; ode, {args.steps} steps) | {r['refine_median_s']:.2f} "
+              f"| {r['refine_crystals_per_s']} | {r['refine_over_decode']:.2f} | {r['refine_s']} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

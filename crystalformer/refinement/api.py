@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from ..crystal import Crystal
-from .blocks import crystal_blocks
 from .model import Refiner
 from .samplers import ode_sample, pc_sample
 from .symmetry import collate, crystals_from_u
@@ -98,7 +97,7 @@ def _refine_batch(refiner: Refiner, chunk: list[Crystal], how: _Integration, gen
         return chunk
     sde = refiner.sde
     t_start = sde.t_of_sigma(how.sigma_start)
-    pairs = crystal_blocks(batch.atom_batch, batch.num_crystals)  # once: the atoms do not change
+    pairs = refiner.inference_pairs(batch)  # once: dense blocks, or neighbour lists kept while atoms stay close
     u = batch.noise(torch.full_like(batch.u[:, :1], how.sigma_start), gen) if how.noise else batch.u
 
     def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -105,7 +105,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--val", action="append", type=Path, metavar="PATH",
                    help="validation data (repeatable); without it val_fraction of the training data is held out")
     add_out(p, "run directory", "RUN_DIR")
-    p.add_argument("--preset", choices=("tiny", "small"), default="small", help="tiny: seconds, tests; small: CPU")
+    p.add_argument("--preset", choices=("tiny", "small", "sites"), default="sites",
+                   help="sites (default, the shipped refiner's): one receiver per Wyckoff site, neighbours within "
+                        "5 Å; small: every pair of atoms in the cell (the earlier network, several times slower "
+                        "to refine with); tiny: seconds, for tests")
     add_set(p)
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
     add_device(p, "to train on", default=None)

@@ -14,10 +14,20 @@ class NetworkConfig:
     n_rbf: int = 16  # Gaussian radial features of minimum-image bond lengths, centres 0..rbf_max Å
     rbf_max: float = 8.0  # Å; beyond it the radial features fade (Fourier features still see the pair)
     max_z: int = 100  # atomic numbers 1..max_z embedded
+    # "pairs": every atom against every atom of the conventional cell, Fourier + radial features
+    # (:mod:`.network`); "sites": one receiver per Wyckoff site, periodic neighbours within
+    # ``cutoff``, invariant features (:mod:`.radius`: exact under the space group, far fewer bonds)
+    kind: str = "pairs"
+    cutoff: float = 5.0  # Å, "sites" only: bonds longer than this are not seen (the radial features span 0..cutoff)
+    edge_hidden: int = 32  # "sites" only: hidden width of the message MLPs (their cost is per bond)
 
     def __post_init__(self):
         if min(self.hidden, self.n_layers, self.n_freq, self.n_sigma_freq, self.n_rbf) < 1 or self.rbf_max <= 0:
             raise ValueError(f"all network sizes must be >= 1: {self}")
+        if self.kind not in ("pairs", "sites"):
+            raise ValueError(f"network kind must be 'pairs' or 'sites', got {self.kind!r}")
+        if not self.cutoff > 0 or self.edge_hidden < 1:
+            raise ValueError(f"cutoff must be > 0 Å and edge_hidden >= 1, got {self.cutoff}, {self.edge_hidden}")
 
 
 @dataclass
@@ -99,5 +109,7 @@ PRESETS: dict[str, dict] = {
     "tiny": {"network": {"hidden": 16, "n_layers": 1, "n_freq": 4, "n_sigma_freq": 4},
              "train": {"max_epochs": 2, "batch_size": 8, "warmup_steps": 2}},
     "small": {"network": {"hidden": 64, "n_layers": 3, "n_freq": 8},
+              "train": {"max_epochs": 30, "batch_size": 32, "warmup_steps": 200}},
+    "sites": {"network": {"hidden": 64, "n_layers": 3, "kind": "sites", "cutoff": 5.0, "edge_hidden": 32},
               "train": {"max_epochs": 30, "batch_size": 32, "warmup_steps": 200}},
 }

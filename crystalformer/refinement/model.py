@@ -19,7 +19,12 @@ class Refiner(nn.Module):
     def __init__(self, config: RefinerConfig):
         super().__init__()
         self.config = config
-        self.network = ScoreNetwork(config.network)
+        if config.network.kind == "sites":
+            from .radius import SiteScoreNetwork
+
+            self.network = SiteScoreNetwork(config.network)
+        else:
+            self.network = ScoreNetwork(config.network)
         self.sde = VESDE(config.sde.sigma_min, config.sde.sigma_max)
         sig = torch.logspace(torch.log10(torch.tensor(config.sde.sigma_min)).item(),
                              torch.log10(torch.tensor(config.sde.sigma_max)).item(), N_NORM, dtype=torch.float64)
@@ -35,13 +40,28 @@ class Refiner(nn.Module):
 
         The network predicts the normalized score s / sqrt(lambda(sigma)) (unit mean square for
         every sigma); multiplying by sqrt(lambda) gives the score, ~1/sigma for small sigma.
+        Only the all-pairs network scores atoms; the site network scores free parameters.
         """
+        if getattr(self.network, "site_level", False):
+            raise TypeError("a 'sites' refiner scores free parameters, not atoms: use Refiner.score")
         t = self.network(batch.frac(u), sigma, batch.lattice, batch.species, batch.atom_batch, pairs)  # (N, 3)
         return t * self.norm(sigma).sqrt()[batch.atom_batch].unsqueeze(-1)
 
     def score(self, batch: RefineBatch, u: torch.Tensor, sigma: torch.Tensor, pairs=None) -> torch.Tensor:
-        """Free-parameter scores (S, 3): per-atom scores projected and averaged over each orbit."""
+        """Free-parameter scores (S, 3): per-atom scores projected and averaged over each orbit
+        (all-pairs network), or the site network's scores of the free parameters."""
+        if getattr(self.network, "site_level", False):
+            t = self.network(batch, u, sigma, pairs)  # (S, 3) normalized, masked
+            return t * self.norm(sigma).sqrt()[batch.site_batch].unsqueeze(-1)
         return batch.project(self.atom_score(batch, u, sigma, pairs))
+
+    def inference_pairs(self, batch: RefineBatch):
+        """What every score call on ``batch`` reuses at inference (dense blocks or a neighbour cache)."""
+        if getattr(self.network, "site_level", False):
+            return self.network.inference_pairs(batch)
+        from .blocks import crystal_blocks
+
+        return crystal_blocks(batch.atom_batch, batch.num_crystals)
 
     def loss(self, batch: RefineBatch, generator: torch.Generator | None = None,
              objective: str | None = None, sigma: float | None = None) -> torch.Tensor:
@@ -60,7 +80,7 @@ class Refiner(nn.Module):
         sig_rows = sigma[batch.site_batch].unsqueeze(-1)  # (S, 1)
         norm_rows = self.norm(sigma)[batch.site_batch].unsqueeze(-1)  # (S, 1)
         z = batch.noise(sig_rows, generator)
-        pairs = pair_index(batch.atom_batch)
+        pairs = None if getattr(self.network, "site_level", False) else pair_index(batch.atom_batch)
         if objective == "dsm":
             s = self.score(batch, z, sigma, pairs)
             return dsm_loss(s, z, batch.u, sig_rows, norm_rows, batch.mask)

@@ -1,4 +1,7 @@
-"""Score network: periodic, O(3)-invariant message passing over atom pairs (pure torch).
+"""Score network ``kind="pairs"``: periodic, O(3)-invariant message passing over atom pairs (pure torch).
+
+(The ``kind="sites"`` network, one receiver per Wyckoff site and neighbours within a cutoff, is
+:mod:`.radius`.)
 
 Returns the *normalized* fractional score t = s / sqrt(lambda(sigma)) per atom (N, 3), where
 lambda(sigma) = E|s_target|^2 per coordinate (see :class:`~crystalformer.refinement.model.Refiner`,

@@ -91,7 +91,7 @@ def train_refiner(data, out, config: RefinerConfig | None = None, val=None, resu
     else:
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise FileExistsError(f"run directory {out} is not empty (use --overwrite or --resume)")
-        config = config or RefinerConfig.from_name("small")
+        config = config or RefinerConfig.from_name("sites")
         if not data:
             raise ValueError("train_refiner needs training data")
         data = [str(p) for p in ([data] if isinstance(data, (str, Path)) else data)]
