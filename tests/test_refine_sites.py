@@ -199,3 +199,30 @@ def test_bond_classes_of_rock_salt_are_its_shells():
                     for f, c in zip(first, count))
     assert shells == [(round(a / 2, 4), 1, 6), (round(a / 2 ** 0.5, 4), 0, 12), (round(a * 3 ** 0.5 / 2, 4), 1, 8)]
     assert torch.equal(inverse[first], torch.arange(len(first)))
+
+
+def test_shipped_refiner_is_the_site_network_and_repairs_perturbed_crystals(crystals):
+    """Real mp_20 crystals with their free parameters shaken (sigma 0.05): refining brings the atoms
+    back towards the truth (mean Cartesian distance of every atom to its true place, nearest image)."""
+    from crystalformer.defaults import default_dir
+    from crystalformer.refinement.io import load_refiner
+    from crystalformer.refinement.wrapped import wrap
+
+    shipped = load_refiner(default_dir("refiner"))
+    assert shipped.config.network.kind == "sites"
+    truth = [c for c in crystals if any(s.params for s in c.sites)]
+    batch = collate(truth, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    noisy_u = wrap(batch.u + 0.05 * torch.randn(batch.u.shape, generator=g, dtype=torch.float64)) * batch.mask
+    from crystalformer.refinement.symmetry import crystals_from_u
+
+    noisy = crystals_from_u(truth, noisy_u)
+    refined = refine_crystals(shipped, noisy)
+
+    def distance(found) -> float:
+        x = collate(found, dtype=torch.float64).frac() - batch.frac()
+        cart = torch.einsum("na,nab->nb", x - torch.round(x), batch.lattice[batch.atom_batch])
+        return float(cart.norm(dim=-1).mean())
+
+    before, after = distance(noisy), distance(refined)
+    assert after < 0.75 * before, (before, after)  # measured 0.47 -> 0.29 Å; an untrained network stays near 1x
