@@ -106,6 +106,14 @@ def test_cached_lists_change_nothing_and_rebuild_when_atoms_move_far(crystals, r
         far = (batch.u + 0.1 * torch.randn(batch.u.shape, generator=g, dtype=torch.float64)) * batch.mask
         torch.testing.assert_close(refiner.network(batch, far, sigma, cache), refiner.network(batch, far, sigma))
         assert cache.builds == 2
+        # one crystal's atoms move far: its bonds alone are listed again, and nothing else changes
+        moving = (batch.site_batch == 3).unsqueeze(1)
+        assert (batch.mask * moving).any()
+        one = torch.where(moving, far + 0.15 * batch.mask, far)
+        kept = cache.graph.receiver[batch.site_batch[cache.graph.receiver] != 3]
+        torch.testing.assert_close(refiner.network(batch, one, sigma, cache), refiner.network(batch, one, sigma))
+        assert cache.builds == 3
+        assert torch.equal(cache.graph.receiver[batch.site_batch[cache.graph.receiver] != 3], kept)
 
 
 def test_inference_path_equals_training_path(crystals, refiner):

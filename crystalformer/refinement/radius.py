@@ -2,7 +2,7 @@
 
 The all-pairs network (:mod:`.network`) scores every atom of the conventional cell against every
 other, N^2 pairs per crystal, and then averages the scores back over each orbit. This network
-computes the same kind of answer on a much smaller graph, and exactly:
+scores the free parameters from a much smaller graph, with nothing lost to the smaller graph:
 
 - **Invariant features only.** Messages see the two sites' features and the bond length (Gaussian
   radial features times a cosine envelope that reaches 0 at ``cutoff``); nothing depends on the
@@ -19,7 +19,9 @@ computes the same kind of answer on a much smaller graph, and exactly:
 
 Cost: sum over sites of their neighbours within ``cutoff``, instead of sum_b N_b^2. The second
 linear layer of every message MLP commutes with the (envelope-weighted) sum over senders, so it
-runs once per site, not once per edge.
+runs once per site, not once per edge. At inference, bonds of one receiver to one sender site
+with the same length (to :data:`BOND_QUANTUM` Å: a shell of symmetry-equivalent neighbours) share
+one message, computed once and counted; training computes every bond.
 
 Neighbour lists (:func:`site_graph`) are built with vectorized image enumeration. At inference a
 :class:`NeighbourCache` builds them with ``cutoff + skin`` and reuses them while no atom has
@@ -39,7 +41,7 @@ from .config import NetworkConfig
 from .symmetry import RefineBatch
 
 MAX_CANDIDATES = 1 << 21  # (site, atom, image) candidates measured at once while building a list
-SKIN = 0.5  # Å: neighbour lists at inference reach cutoff + SKIN and last until an atom moves SKIN / 2
+SKIN = 0.75  # Å: neighbour lists at inference reach cutoff + SKIN and last until an atom moves SKIN / 2
 BOND_QUANTUM = 1e-4  # Å: at inference, bonds of one receiver and sender site this close in length share a message
 MAX_IMAGES = 6  # lattice images per axis and direction at most (a cell thinner than cutoff / 6 Å sees fewer)
 
@@ -147,28 +149,55 @@ def site_graph(x: torch.Tensor, lattice: torch.Tensor, atom_batch: torch.Tensor,
 
 
 class NeighbourCache:
-    """Neighbour lists of one batch at inference, rebuilt only when atoms have moved far enough.
+    """Neighbour lists of one batch at inference, rebuilt only where atoms have moved far enough.
 
     Lists are built with ``cutoff + skin`` and kept while every atom is within skin / 2 of where
-    it was (Cartesian, minimum image); ``builds`` counts the lists built.
+    it was (Cartesian, minimum image). When atoms of some crystals have moved further, the lists
+    of those crystals alone are built again. ``builds`` counts the (partial) builds.
     """
 
-    def __init__(self, batch: RefineBatch, cutoff: float, skin: float = SKIN):
-        self.batch, self.cutoff, self.skin = batch, cutoff, skin
+    def __init__(self, batch: RefineBatch, cutoff: float, skin: float | None = None):
+        self.batch, self.cutoff, self.skin = batch, cutoff, SKIN if skin is None else skin
         self.reps = site_representatives(batch.atom_site, batch.u.shape[0])
         self.graph: SiteGraph | None = None
         self.builds = 0
 
     def graph_at(self, x: torch.Tensor) -> tuple[SiteGraph, torch.Tensor]:
-        """The list for atoms ``x`` (N, 3) and every atom's Cartesian move since it was built (N, 3)."""
+        """The list for atoms ``x`` (N, 3) and every atom's Cartesian move since it was listed (N, 3)."""
         b = self.batch
-        if self.graph is not None:
-            moved = moved_since(self.graph, x, b)
-            if moved.numel() == 0 or float(moved.detach().norm(dim=-1).max()) <= self.skin / 2:
-                return self.graph, moved
-        self.graph = site_graph(x, b.lattice, b.atom_batch, b.site_batch, self.reps, self.cutoff + self.skin)
+        if self.graph is None:
+            self.graph = site_graph(x, b.lattice, b.atom_batch, b.site_batch, self.reps, self.cutoff + self.skin)
+            self.builds += 1
+            return self.graph, moved_since(self.graph, x, b)
+        moved = moved_since(self.graph, x, b)
+        far = moved.detach().norm(dim=-1) > self.skin / 2  # (N,)
+        if not bool(far.any()):
+            return self.graph, moved
+        self.graph = self._rebuilt(x, torch.unique(b.atom_batch[far]))
         self.builds += 1
         return self.graph, moved_since(self.graph, x, b)
+
+    def _rebuilt(self, x: torch.Tensor, crystals: torch.Tensor) -> SiteGraph:
+        """The list with the bonds of ``crystals`` (sorted indices) built again at ``x``."""
+        b, g = self.batch, self.graph
+        device = x.device
+        atoms = torch.nonzero(torch.isin(b.atom_batch, crystals)).squeeze(1)  # (n,) ascending
+        sites = torch.nonzero(torch.isin(b.site_batch, crystals)).squeeze(1)  # (s,) ascending
+        local_crystal = torch.full((b.num_crystals,), -1, dtype=torch.long, device=device)
+        local_crystal[crystals] = torch.arange(crystals.shape[0], device=device)
+        local_atom = torch.full((x.shape[0],), -1, dtype=torch.long, device=device)
+        local_atom[atoms] = torch.arange(atoms.shape[0], device=device)
+        part = site_graph(x[atoms], b.lattice[crystals], local_crystal[b.atom_batch[atoms]],
+                          local_crystal[b.site_batch[sites]], local_atom[self.reps[sites]], self.cutoff + self.skin)
+        keep = ~torch.isin(b.site_batch[g.receiver], crystals)
+        receiver = torch.cat([g.receiver[keep], sites[part.receiver]])
+        sender = torch.cat([g.sender[keep], atoms[part.sender]])
+        vector = torch.cat([g.vector[keep], part.vector])
+        order = torch.argsort(receiver * (x.shape[0] + 1) + sender, stable=True)
+        positions = g.positions.clone()
+        positions[atoms] = x[atoms].detach()
+        return SiteGraph(receiver=receiver[order], receiver_atom=self.reps[receiver[order]], sender=sender[order],
+                         vector=vector[order], positions=positions, radius=g.radius)
 
 
 def moved_since(graph: SiteGraph, x: torch.Tensor, batch: RefineBatch) -> torch.Tensor:
@@ -200,7 +229,7 @@ class SiteScoreNetwork(nn.Module):
         s = torch.log(sigma).unsqueeze(-1) * k / 2  # (B, F)
         return torch.cat([torch.sin(s), torch.cos(s)], -1)  # (B, 2F)
 
-    def inference_pairs(self, batch: RefineBatch, skin: float = SKIN) -> NeighbourCache:
+    def inference_pairs(self, batch: RefineBatch, skin: float | None = None) -> NeighbourCache:
         """What :func:`~.api.refine_crystals` passes to every call on ``batch``: a neighbour cache."""
         return NeighbourCache(batch, self.config.cutoff, skin)
 
