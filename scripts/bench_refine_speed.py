@@ -63,6 +63,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=10, help="ODE (Heun) steps of the refinement")
     p.add_argument("--refine-batch-size", type=int, default=64)
+    p.add_argument("--validity", action="store_true",
+                   help="also report structural validity (0.5 Å) and plausible contacts (>= 0.7 x covalent radii) "
+                        "of the decoded crystals and of each refiner's output")
     p.add_argument("--refiners", nargs="+", default=["shipped"],
                    help="refiner folders timed side by side ('shipped': the package's default)")
     p.add_argument("--json", type=Path, default=Path("runs/bench_refine_speed.json"))
@@ -119,6 +122,15 @@ def main(argv=None) -> int:
             "repeat_max_param_change": max((_max_param_change(runs[name][0], x) for x in runs[name][1:]),
                                            default=0.0),
         }
+    if args.validity:
+        from crystalformer.sampling.output import structure_checks
+
+        def rates(found) -> dict:
+            flags = [structure_checks(c)[1] for c in found]
+            return {k: round(sum(bool(f[k]) for f in flags) / len(flags), 4)
+                    for k in ("valid_structure", "plausible_contacts")}
+
+        result["validity"] = {"decoded": rates(crystals), **{name: rates(runs[name][0]) for name in refiners}}
     print(f"\n{len(crystals)} crystals (mean {result['atoms_mean']} atoms, max {result['atoms_max']}; "
           f"{result['ordered_pairs']:,} ordered pairs), {args.threads} thread(s), median of {args.repeats}\n")
     print("| step | median s | crystals/s | / decode | runs (s) |\n|---|---|---|---|---|")
@@ -126,6 +138,10 @@ def main(argv=None) -> int:
     for name, r in result["refiners"].items():
         print(f"| refine {name} ({r['network']}; ode, {args.steps} steps) | {r['refine_median_s']:.2f} "
               f"| {r['refine_crystals_per_s']} | {r['refine_over_decode']:.2f} | {r['refine_s']} |")
+    if args.validity:
+        print("\n| crystals | structurally valid | plausible contacts |\n|---|---|---|")
+        for name, r in result["validity"].items():
+            print(f"| {name} | {100 * r['valid_structure']:.1f} % | {100 * r['plausible_contacts']:.1f} % |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
