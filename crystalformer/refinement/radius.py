@@ -93,8 +93,8 @@ def _image_reach(lattice: torch.Tensor, radius: float) -> torch.Tensor:
     |x_a| <= |r| |column a of L^-1|; the centred difference adds at most 1/2.
     """
     inv = torch.linalg.inv(lattice.double())  # (B, 3, 3)
-    reach = radius * inv.norm(dim=1)  # (B, 3): column norms
-    return torch.floor(reach + 0.5).clamp(max=MAX_IMAGES).long().nan_to_num(0)
+    reach = (radius * inv.norm(dim=1)).nan_to_num(0.0, posinf=MAX_IMAGES)  # (B, 3): column norms
+    return torch.floor(reach + 0.5).clamp(0, MAX_IMAGES).long()
 
 
 def site_graph(x: torch.Tensor, lattice: torch.Tensor, atom_batch: torch.Tensor, site_batch: torch.Tensor,
