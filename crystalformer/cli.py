@@ -196,6 +196,12 @@ def cmd_models(args: argparse.Namespace) -> int:
           f"(as in training); train h: training wall time including the runs it started from.\nUse one with "
           f"--model NAME. Data, figures and training commands per model: {ROOT / 'MODEL_CARD.md'} "
           f"(section 'Generative models').")
+    from .defaults import shipped_refiners
+
+    refiners = list(shipped_refiners())
+    if refiners:
+        print(f"Shipped position refiners (--refine NAME, refine --model NAME): {refiners[0]} (default)"
+              + "".join(f", {r}" for r in refiners[1:]) + ".")
     return 0
 
 

@@ -7,6 +7,8 @@
 - ``models/<name>/``  benchmark generative models trained on one data set each (``--model perov_5``,
   ``--model carbon_24``); :func:`shipped_models` lists every name;
 - ``refiner/``   the position refiner (``--refine`` without a path, ``crystalformer refine`` without ``--model``);
+- ``refiners/<name>/``  other shipped refiners, chosen by name (``--refine pairs``: the all-pairs
+  network, better than the default on carbon_24 CSP); :func:`shipped_refiners` lists every name;
 - ``property/<target>/``  property models p(y | X), one per target column (``crystalformer design``
   without ``--property``).
 
@@ -49,6 +51,36 @@ def shipped_models() -> dict[str, Path]:
     if base.is_dir():
         out.update({p.name: p for p in sorted(base.iterdir()) if (p / "config.json").is_file()})
     return out
+
+
+DEFAULT_REFINER = "sites"
+
+
+def shipped_refiners() -> dict[str, Path]:
+    """``{name: directory}`` of the shipped refiners; the default is named ``sites``."""
+    out = {DEFAULT_REFINER: ROOT / "refiner"} if (ROOT / "refiner" / "config.json").is_file() else {}
+    base = ROOT / "refiners"
+    if base.is_dir():
+        out.update({p.name: p for p in sorted(base.iterdir()) if (p / "config.json").is_file()})
+    return out
+
+
+def resolve_refiner(name_or_path) -> Path:
+    """The refiner directory meant by ``name_or_path``: None (or ``default``) gives the default
+    refiner, a refiner directory is itself, a shipped refiner's name (``sites``, ``pairs``) its directory.
+
+    FileNotFoundError names the shipped refiners when it is neither.
+    """
+    if name_or_path is None or str(name_or_path) == "default":
+        return default_dir("refiner")
+    path = Path(name_or_path)
+    if (path / "config.json").is_file():
+        return path
+    refiners = shipped_refiners()
+    if str(name_or_path) in refiners:
+        return refiners[str(name_or_path)]
+    raise FileNotFoundError(f"{name_or_path}: no such refiner folder and no shipped refiner of that name "
+                            f"(shipped: {', '.join(refiners) or 'none'})")
 
 
 def resolve_model(name_or_path) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -90,7 +89,9 @@ def test_the_shipped_refiner_in_the_older_layout_still_loads(tmp_path):
     """The refiner shipped before the common layout (format "crystalformer-refiner/2", fields at the top)."""
     from crystalformer.refinement.io import load_refiner, save_refiner
 
-    shipped = Path(__file__).parent / "data" / "refiner_pairs"
+    from crystalformer.defaults import shipped_refiners
+
+    shipped = shipped_refiners()["pairs"]
     assert json.loads((shipped / "config.json").read_text())["format"] == "crystalformer-refiner/2"
     old = load_refiner(shipped)
     save_refiner(old, tmp_path / "r")

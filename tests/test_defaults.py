@@ -70,7 +70,7 @@ def test_named_models_resolve_and_paths_still_win(tmp_path, monkeypatch):
 def test_cli_models_lists_every_shipped_model(capsys):
     assert main(["models"]) == 0
     text = capsys.readouterr().out
-    for name in ("mp_20 (default)", "perov_5", "carbon_24", "MODEL_CARD.md"):
+    for name in ("mp_20 (default)", "perov_5", "carbon_24", "MODEL_CARD.md", "sites (default), pairs"):
         assert name in text
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -234,3 +234,28 @@ def test_shipped_refiner_is_the_site_network_and_repairs_perturbed_crystals(crys
 
     before, after = distance(noisy), distance(refined)
     assert after < 0.75 * before, (before, after)  # measured 0.47 -> 0.29 Å; an untrained network stays near 1x
+
+
+def test_shipped_refiners_resolve_by_name(tmp_path, crystals, capsys):
+    from crystalformer.cli import main
+    from crystalformer.defaults import default_dir, resolve_refiner, shipped_refiners
+
+    names = shipped_refiners()
+    assert names["sites"] == default_dir("refiner") and "pairs" in names
+    assert resolve_refiner(None) == resolve_refiner("default") == names["sites"]
+    assert resolve_refiner(names["pairs"]) == names["pairs"]  # a folder is itself
+    with pytest.raises(FileNotFoundError, match="shipped: sites, pairs"):
+        resolve_refiner("no_such_refiner")
+    free = [c for c in crystals if any(s.params for s in c.sites)][:2]
+    assert refine_crystals("pairs", free) == refine_crystals(names["pairs"], free)
+    out = tmp_path / "s"
+    assert main(["sample", "--n", "3", "--out", str(out), "--quiet", "--refine", "pairs"]) == 0
+    import json
+
+    assert json.loads((out / "samples.json").read_text())["meta"]["refiner"] == "pairs"
+    assert main(["refine", "--model", "pairs", "--input", str(out), "--out", str(tmp_path / "r")]) == 0
+    assert json.loads((tmp_path / "r" / "samples.json").read_text())["meta"]["model"] == str(names["pairs"])
+    capsys.readouterr()
+    assert main(["sample", "--n", "3", "--out", str(tmp_path / "t"), "--quiet", "--refine", "no_such_refiner"]) != 0
+    assert "not a shipped refiner (sites, pairs)" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()

@@ -86,8 +86,10 @@ def crystals() -> list[Crystal]:
 
 @pytest.fixture(scope="module")
 def shipped() -> Refiner:
-    """The all-pairs refiner shipped until the site network replaced it (kept here as a fixture)."""
-    return load_refiner(DATA / "refiner_pairs")
+    """The all-pairs refiner (the default until the site network replaced it; shipped as ``pairs``)."""
+    from crystalformer.defaults import shipped_refiners
+
+    return load_refiner(shipped_refiners()["pairs"])
 
 
 def _flat_params(crystals: list[Crystal]) -> np.ndarray:

@@ -63,12 +63,13 @@ def cmd_refine(args) -> int:
     from .io import load_refiner
     from .output import read_inputs, write_refined
 
-    if args.model is None:
-        from ..defaults import default_dir
+    from ..defaults import resolve_refiner, shipped_refiners
 
-        args.model = default_dir("refiner")
-    if not (args.model / "config.json").is_file():
-        raise UsageError(f"--model {args.model}: not a refiner model directory (no config.json)")
+    try:
+        args.model = resolve_refiner(args.model)
+    except FileNotFoundError:
+        raise UsageError(f"--model {args.model}: not a refiner model directory (no config.json) and no shipped "
+                         f"refiner of that name ({', '.join(shipped_refiners())})") from None
     if not args.input.exists():
         raise UsageError(f"--input {args.input}: file or folder not found")
     if args.n_steps < 1 or not args.sigma_start > 0:
@@ -123,7 +124,7 @@ def add_parsers(sub) -> None:
                                    "or re-noise them to --sigma-start and integrate the reverse SDE with Langevin "
                                    "corrector steps (pc). Space group, Wyckoff letters, elements and lattice are kept.")
     p.add_argument("--model", type=Path, metavar="REFINER",
-                   help="refiner model directory (default: the refiner shipped with the package)")
+                   help="refiner model directory, or a shipped refiner's name: sites (the default), pairs")
     p.add_argument("--input", type=Path, required=True, metavar="PATH",
                    help="folder of CIF files, a CIF file, or a samples.json (or a folder holding one)")
     add_out(p, "output folder (CIFs + samples.json)")

@@ -89,14 +89,14 @@ def _print_table(samples, limit: int = 12, total: int | None = None) -> None:
 
 
 def _refiner_dir(value: str) -> Path:
-    """``--refine`` with no path means the refiner shipped with the package."""
-    if value == DEFAULT:
-        from ..defaults import default_dir
+    """``--refine`` with no path means the refiner shipped with the package; a shipped name (``pairs``) works too."""
+    from ..defaults import resolve_refiner, shipped_refiners
 
-        return default_dir("refiner")
-    if not Path(value).is_dir():
-        raise _usage(f"--refine {value}: not a refiner model folder")
-    return Path(value)
+    try:
+        return resolve_refiner(None if value == DEFAULT else value)
+    except FileNotFoundError:
+        raise _usage(f"--refine {value}: not a refiner model folder and not a shipped refiner "
+                     f"({', '.join(shipped_refiners())})") from None
 
 
 def _refine(args, samples, part: int = 0) -> list:
@@ -379,8 +379,9 @@ def _common(p, n_default: int) -> None:
     add_overwrite(p, "replace a non-empty output folder")
     add_quiet(p)
     p.add_argument("--refine", nargs="?", const=DEFAULT, metavar="REFINER",
-                   help="refine atomic positions with the shipped refiner, or with this refiner model folder "
-                        "(crystalformer train-refiner)")
+                   help="refine atomic positions with the shipped refiner, a shipped one by name (pairs: the "
+                        "all-pairs network, better on carbon_24), or this refiner model folder (crystalformer "
+                        "train-refiner)")
     p.add_argument("--sigma-start", type=float, default=0.05, help="noise level refinement starts from (default 0.05)")
     add_relax_options(p)
     p.add_argument("--p1", action="store_true",
