@@ -113,10 +113,10 @@ def main(argv=None) -> int:
         "decode_crystals_per_s": round(args.n / dec, 1),
         "refiners": {},
     }
-    for name in refiners:
+    for name, refiner in refiners.items():
         ref = statistics.median(refine_s[name])
         result["refiners"][name] = {
-            "network": getattr(refiners[name].config.network, "kind", "pairs"),
+            "network": getattr(refiner.config.network, "kind", "pairs"),
             "refine_s": [round(t, 3) for t in refine_s[name]], "refine_median_s": round(ref, 3),
             "refine_crystals_per_s": round(len(crystals) / ref, 1), "refine_over_decode": round(ref / dec, 3),
             "repeat_max_param_change": max((_max_param_change(runs[name][0], x) for x in runs[name][1:]),

@@ -20,7 +20,11 @@ from crystalformer.io import read_csv_records, structure_from_cif
 from crystalformer.refinement.api import refine_crystals
 from crystalformer.refinement.config import RefinerConfig
 from crystalformer.refinement.model import Refiner
-from crystalformer.refinement.radius import NeighbourCache, site_graph, site_representatives
+from crystalformer.refinement.radius import (
+    NeighbourCache,
+    site_graph,
+    site_representatives,
+)
 from crystalformer.refinement.symmetry import collate
 
 DATA = Path(__file__).parent / "data"

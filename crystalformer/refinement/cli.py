@@ -58,12 +58,11 @@ def cmd_train_refiner(args) -> int:
 
 
 def cmd_refine(args) -> int:
+    from ..defaults import resolve_refiner, shipped_refiners
     from ..sampling.output import check_output_dir
     from .api import refine_crystals
     from .io import load_refiner
     from .output import read_inputs, write_refined
-
-    from ..defaults import resolve_refiner, shipped_refiners
 
     try:
         args.model = resolve_refiner(args.model)
