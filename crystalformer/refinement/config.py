@@ -19,7 +19,7 @@ class NetworkConfig:
     # ``cutoff``, invariant features (:mod:`.radius`: exact under the space group, far fewer bonds)
     kind: str = "pairs"
     cutoff: float = 5.0  # Å, "sites" only: bonds longer than this are not seen (the radial features span 0..cutoff)
-    edge_hidden: int = 32  # "sites" only: hidden width of the message MLPs (their cost is per bond)
+    edge_hidden: int = 24  # "sites" only: hidden width of the message MLPs (their cost is per bond)
 
     def __post_init__(self):
         if min(self.hidden, self.n_layers, self.n_freq, self.n_sigma_freq, self.n_rbf) < 1 or self.rbf_max <= 0:
@@ -110,6 +110,6 @@ PRESETS: dict[str, dict] = {
              "train": {"max_epochs": 2, "batch_size": 8, "warmup_steps": 2}},
     "small": {"network": {"hidden": 64, "n_layers": 3, "n_freq": 8},
               "train": {"max_epochs": 30, "batch_size": 32, "warmup_steps": 200}},
-    "sites": {"network": {"hidden": 64, "n_layers": 3, "kind": "sites", "cutoff": 5.0, "edge_hidden": 32},
-              "train": {"max_epochs": 30, "batch_size": 32, "warmup_steps": 200}},
+    "sites": {"network": {"hidden": 64, "n_layers": 3, "kind": "sites", "cutoff": 5.0, "edge_hidden": 24, "n_rbf": 12},
+              "train": {"max_epochs": 50, "batch_size": 32, "warmup_steps": 200}},  # the shipped refiner's
 }
