@@ -44,13 +44,18 @@ def default_dir(kind: str, name: str | None = None) -> Path:
 DEFAULT_MODEL = "mp_20"
 
 
-def shipped_models() -> dict[str, Path]:
-    """``{name: directory}`` of the shipped generative models; the default is named ``mp_20``."""
-    out = {DEFAULT_MODEL: ROOT / "model"} if (ROOT / "model" / "config.json").is_file() else {}
-    base = ROOT / "models"
+def _named(default_name: str, default_folder: str, others_folder: str) -> dict[str, Path]:
+    """``{name: directory}``: the default under ``default_name``, then every folder of ``others_folder``."""
+    out = {default_name: ROOT / default_folder} if (ROOT / default_folder / "config.json").is_file() else {}
+    base = ROOT / others_folder
     if base.is_dir():
         out.update({p.name: p for p in sorted(base.iterdir()) if (p / "config.json").is_file()})
     return out
+
+
+def shipped_models() -> dict[str, Path]:
+    """``{name: directory}`` of the shipped generative models; the default is named ``mp_20``."""
+    return _named(DEFAULT_MODEL, "model", "models")
 
 
 DEFAULT_REFINER = "sites"
@@ -58,11 +63,7 @@ DEFAULT_REFINER = "sites"
 
 def shipped_refiners() -> dict[str, Path]:
     """``{name: directory}`` of the shipped refiners; the default is named ``sites``."""
-    out = {DEFAULT_REFINER: ROOT / "refiner"} if (ROOT / "refiner" / "config.json").is_file() else {}
-    base = ROOT / "refiners"
-    if base.is_dir():
-        out.update({p.name: p for p in sorted(base.iterdir()) if (p / "config.json").is_file()})
-    return out
+    return _named(DEFAULT_REFINER, "refiner", "refiners")
 
 
 def resolve_refiner(name_or_path) -> Path:

@@ -44,6 +44,13 @@ def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, n_out))
 
 
+def sigma_features(sigma: torch.Tensor, n_freq: int) -> torch.Tensor:
+    """Fourier features (B, 2 n_freq) of log sigma (B,), shared by both score networks."""
+    k = torch.arange(1, n_freq + 1, dtype=sigma.dtype, device=sigma.device)  # (F,)
+    s = torch.log(sigma).unsqueeze(-1) * k / 2  # (B, F): log sigma spans ~[-5.3, -0.7]
+    return torch.cat([torch.sin(s), torch.cos(s)], -1)  # (B, 2F)
+
+
 def pair_index(atom_batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All ordered pairs (i, j), i != j, within each crystal; atom_batch (N,) sorted by crystal.
 
@@ -82,9 +89,7 @@ class ScoreNetwork(nn.Module):
         self.register_buffer("rbf_centres", torch.linspace(0.0, config.rbf_max, config.n_rbf), persistent=False)
 
     def _sigma_features(self, sigma: torch.Tensor) -> torch.Tensor:
-        k = torch.arange(1, self.config.n_sigma_freq + 1, dtype=sigma.dtype, device=sigma.device)  # (F,)
-        s = torch.log(sigma).unsqueeze(-1) * k / 2  # (B, F): log sigma spans ~[-5.3, -0.7]
-        return torch.cat([torch.sin(s), torch.cos(s)], -1)  # (B, 2F)
+        return sigma_features(sigma, self.config.n_sigma_freq)
 
     def forward(self, frac: torch.Tensor, sigma: torch.Tensor, lattice: torch.Tensor, species: torch.Tensor,
                 atom_batch: torch.Tensor, pairs: Pairs | None = None) -> torch.Tensor:

@@ -38,16 +38,13 @@ import torch
 from torch import nn
 
 from .config import NetworkConfig
+from .network import _mlp, sigma_features
 from .symmetry import RefineBatch
 
 MAX_CANDIDATES = 1 << 21  # (site, atom, image) candidates measured at once while building a list
 SKIN = 0.75  # Å: neighbour lists at inference reach cutoff + SKIN and last until an atom moves SKIN / 2
 BOND_QUANTUM = 1e-4  # Å: at inference, bonds of one receiver and sender site this close in length share a message
 MAX_IMAGES = 6  # lattice images per axis and direction at most (a cell thinner than cutoff / 6 Å sees fewer)
-
-
-def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, n_out))
 
 
 def _bond_classes(receiver: torch.Tensor, send_site: torch.Tensor, length: torch.Tensor,
@@ -224,33 +221,34 @@ class SiteScoreNetwork(nn.Module):
         self.edge_out = _mlp(2 * H + R, K, 1)
         self.register_buffer("rbf_centres", torch.linspace(0.0, config.cutoff, R), persistent=False)
 
-    def _sigma_features(self, sigma: torch.Tensor) -> torch.Tensor:
-        k = torch.arange(1, self.config.n_sigma_freq + 1, dtype=sigma.dtype, device=sigma.device)  # (F,)
-        s = torch.log(sigma).unsqueeze(-1) * k / 2  # (B, F)
-        return torch.cat([torch.sin(s), torch.cos(s)], -1)  # (B, 2F)
-
     def inference_pairs(self, batch: RefineBatch, skin: float | None = None) -> NeighbourCache:
         """What :func:`~.api.refine_crystals` passes to every call on ``batch``: a neighbour cache."""
         return NeighbourCache(batch, self.config.cutoff, skin)
+
+    @staticmethod
+    def _first_layer(mlp: nn.Sequential, hn: torch.Tensor, receiver: torch.Tensor, send_site: torch.Tensor,
+                     radial: torch.Tensor) -> torch.Tensor:
+        """Pre-activations (E, K) of ``mlp``'s first layer on cat(hn_i, hn_j, rbf_ij), split by columns:
+        the site parts are computed once per site, the radial part (``radial``) once per call for all layers."""
+        H = hn.shape[1]
+        first = mlp[0]
+        w = first.weight  # (K, 2H + R)
+        z = torch.index_select(hn @ w[:, H: 2 * H].T, 0, send_site)  # (E, K)
+        return z.add_(torch.index_select(torch.addmm(first.bias, hn, w[:, :H].T), 0, receiver)).add_(radial)
 
     def _messages(self, mlp: nn.Sequential, hn: torch.Tensor, receiver: torch.Tensor, send_site: torch.Tensor,
                   radial: torch.Tensor, env: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """sum_j env_ij mlp(hn_i, hn_j, rbf_ij) / (1 + sum_j env_ij) per site (S, H_out).
 
-        The first layer is split by input columns: the site parts are computed once per site and
-        the radial part (``radial``, rbf_ij times its columns) once per call for all layers; the
-        second layer commutes with the weighted sum, so it acts on the summed hidden units.
+        The second layer commutes with the weighted sum, so it acts on the summed hidden units.
         """
-        H = hn.shape[1]
-        first, second = mlp[0], mlp[2]
-        w = first.weight  # (H_out, 2H + R)
-        z = torch.index_select(hn @ w[:, H: 2 * H].T, 0, send_site)  # (E, H_out)
-        z.add_(torch.index_select(torch.addmm(first.bias, hn, w[:, :H].T), 0, receiver)).add_(radial)
+        z = self._first_layer(mlp, hn, receiver, send_site, radial)  # (E, K)
         if torch.is_grad_enabled():  # training: autograd needs z and act as they were
-            act = nn.functional.silu(z) * env  # (E, H_out)
+            act = nn.functional.silu(z) * env  # (E, K)
         else:
             act = nn.functional.silu(z, inplace=True).mul_(env)
-        summed = hn.new_zeros((hn.shape[0], act.shape[1])).index_add_(0, receiver, act)  # (S, H_out)
+        summed = hn.new_zeros((hn.shape[0], act.shape[1])).index_add_(0, receiver, act)  # (S, K)
+        second = mlp[2]
         return torch.addmm(weight * second.bias, summed, second.weight.T) / (1 + weight)
 
     def forward(self, batch: RefineBatch, u: torch.Tensor, sigma: torch.Tensor,
@@ -263,16 +261,15 @@ class SiteScoreNetwork(nn.Module):
         cfg = self.config
         S = u.shape[0]
         x = batch.frac(u)  # (N, 3), differentiable in u
+        reps = site_representatives(batch.atom_site, S)
         if isinstance(pairs, NeighbourCache):
             graph, moved = pairs.graph_at(x)
         else:
             if isinstance(pairs, SiteGraph):
                 graph = pairs
             else:
-                reps = site_representatives(batch.atom_site, S)
                 graph = site_graph(x, batch.lattice, batch.atom_batch, batch.site_batch, reps, cfg.cutoff)
             moved = moved_since(graph, x, batch)
-        reps = site_representatives(batch.atom_site, S)
         vec = graph.vector + moved[graph.sender] - moved[graph.receiver_atom]  # (E, 3) Å, the bond now
         length = vec.norm(dim=-1, keepdim=True)  # (E, 1)
         inside = torch.nonzero(length.squeeze(1) < cfg.cutoff).squeeze(1)  # a cached list reaches further
@@ -296,16 +293,14 @@ class SiteScoreNetwork(nn.Module):
         radial_w = torch.cat([mlp[0].weight[:, 2 * H:] for mlp in layers], 0)  # (L K + K, R)
         radial = (rbf @ radial_w.T).split([mlp[0].weight.shape[0] for mlp in layers], 1)  # per layer (C, K)
         h = self.embed(batch.species[reps].clamp(max=cfg.max_z)) \
-            + self.sigma_mlp(self._sigma_features(sigma))[batch.site_batch]  # (S, H)
+            + self.sigma_mlp(sigma_features(sigma, cfg.n_sigma_freq))[batch.site_batch]  # (S, H)
         for edge_mlp, node_mlp, norm, rad in zip(self.edge_mlps, self.node_mlps, self.norms, radial):
             hn = norm(h)
             agg = self._messages(edge_mlp, hn, c_receiver, c_send, rad, c_env, weight)  # (S, H)
             h = h + node_mlp(torch.cat([hn, agg], -1))
         hn = self.out_norm(h)
-        first_layer, second = self.edge_out[0], self.edge_out[2]
-        w = first_layer.weight
-        z = torch.index_select(hn @ w[:, H: 2 * H].T, 0, c_send)
-        z = z + torch.index_select(torch.addmm(first_layer.bias, hn, w[:, :H].T), 0, c_receiver) + radial[-1]
+        z = self._first_layer(self.edge_out, hn, c_receiver, c_send, radial[-1])  # (C, K)
+        second = self.edge_out[2]
         a = nn.functional.silu(z) @ second.weight.T + second.bias  # (C, 1) scalar bond weights
         a = (a if inverse is None else a[inverse]) * env  # (E, 1)
         disp = x.new_zeros((S, 3)).index_add_(0, receiver, a * vec) / (1 + weight)  # (S, 3) Å
