@@ -40,7 +40,7 @@ from .config import NetworkConfig
 Pairs = tuple[torch.Tensor, torch.Tensor] | CrystalBlocks  # an edge list (i, j) or dense blocks
 
 
-def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+def mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, n_out))
 
 
@@ -75,14 +75,14 @@ class ScoreNetwork(nn.Module):
         self.config = config
         H = config.hidden
         self.embed = nn.Embedding(config.max_z + 1, H)
-        self.sigma_mlp = _mlp(2 * config.n_sigma_freq, H, H)
+        self.sigma_mlp = mlp(2 * config.n_sigma_freq, H, H)
         n_edge = 2 * H + 9 + 6 * config.n_freq + config.n_rbf
-        self.edge_mlps = nn.ModuleList([_mlp(n_edge, H, H) for _ in range(config.n_layers)])
-        self.node_mlps = nn.ModuleList([_mlp(2 * H, H, H) for _ in range(config.n_layers)])
+        self.edge_mlps = nn.ModuleList([mlp(n_edge, H, H) for _ in range(config.n_layers)])
+        self.node_mlps = nn.ModuleList([mlp(2 * H, H, H) for _ in range(config.n_layers)])
         self.norms = nn.ModuleList([nn.LayerNorm(H) for _ in range(config.n_layers)])
-        self.out = nn.Sequential(nn.LayerNorm(H), _mlp(H, H, 3))
+        self.out = nn.Sequential(nn.LayerNorm(H), mlp(H, H, 3))
         self.out_norm = nn.LayerNorm(H)
-        self.edge_out = _mlp(n_edge, H, 2)
+        self.edge_out = mlp(n_edge, H, 2)
         nn.init.zeros_(self.edge_out[-1].weight)  # start as the plain per-atom head
         nn.init.zeros_(self.edge_out[-1].bias)
         self.register_buffer("freqs", torch.arange(1, config.n_freq + 1, dtype=torch.float32), persistent=False)

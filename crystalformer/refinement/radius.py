@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .config import NetworkConfig
-from .network import _mlp, sigma_features
+from .network import mlp, sigma_features
 from .symmetry import RefineBatch
 
 MAX_CANDIDATES = 1 << 21  # (site, atom, image) candidates measured at once while building a list
@@ -213,12 +213,12 @@ class SiteScoreNetwork(nn.Module):
         self.config = config
         H, R, K = config.hidden, config.n_rbf, config.edge_hidden
         self.embed = nn.Embedding(config.max_z + 1, H)
-        self.sigma_mlp = _mlp(2 * config.n_sigma_freq, H, H)
-        self.edge_mlps = nn.ModuleList([_mlp(2 * H + R, K, H) for _ in range(config.n_layers)])
-        self.node_mlps = nn.ModuleList([_mlp(2 * H, H, H) for _ in range(config.n_layers)])
+        self.sigma_mlp = mlp(2 * config.n_sigma_freq, H, H)
+        self.edge_mlps = nn.ModuleList([mlp(2 * H + R, K, H) for _ in range(config.n_layers)])
+        self.node_mlps = nn.ModuleList([mlp(2 * H, H, H) for _ in range(config.n_layers)])
         self.norms = nn.ModuleList([nn.LayerNorm(H) for _ in range(config.n_layers)])
         self.out_norm = nn.LayerNorm(H)
-        self.edge_out = _mlp(2 * H + R, K, 1)
+        self.edge_out = mlp(2 * H + R, K, 1)
         self.register_buffer("rbf_centres", torch.linspace(0.0, config.cutoff, R), persistent=False)
 
     def inference_pairs(self, batch: RefineBatch, skin: float | None = None) -> NeighbourCache:
@@ -226,29 +226,29 @@ class SiteScoreNetwork(nn.Module):
         return NeighbourCache(batch, self.config.cutoff, skin)
 
     @staticmethod
-    def _first_layer(mlp: nn.Sequential, hn: torch.Tensor, receiver: torch.Tensor, send_site: torch.Tensor,
+    def _first_layer(block: nn.Sequential, hn: torch.Tensor, receiver: torch.Tensor, send_site: torch.Tensor,
                      radial: torch.Tensor) -> torch.Tensor:
-        """Pre-activations (E, K) of ``mlp``'s first layer on cat(hn_i, hn_j, rbf_ij), split by columns:
+        """Pre-activations (E, K) of ``block``'s first layer on cat(hn_i, hn_j, rbf_ij), split by columns:
         the site parts are computed once per site, the radial part (``radial``) once per call for all layers."""
         H = hn.shape[1]
-        first = mlp[0]
+        first = block[0]
         w = first.weight  # (K, 2H + R)
         z = torch.index_select(hn @ w[:, H: 2 * H].T, 0, send_site)  # (E, K)
         return z.add_(torch.index_select(torch.addmm(first.bias, hn, w[:, :H].T), 0, receiver)).add_(radial)
 
-    def _messages(self, mlp: nn.Sequential, hn: torch.Tensor, receiver: torch.Tensor, send_site: torch.Tensor,
+    def _messages(self, block: nn.Sequential, hn: torch.Tensor, receiver: torch.Tensor, send_site: torch.Tensor,
                   radial: torch.Tensor, env: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """sum_j env_ij mlp(hn_i, hn_j, rbf_ij) / (1 + sum_j env_ij) per site (S, H_out).
+        """sum_j env_ij block(hn_i, hn_j, rbf_ij) / (1 + sum_j env_ij) per site (S, H_out).
 
         The second layer commutes with the weighted sum, so it acts on the summed hidden units.
         """
-        z = self._first_layer(mlp, hn, receiver, send_site, radial)  # (E, K)
+        z = self._first_layer(block, hn, receiver, send_site, radial)  # (E, K)
         if torch.is_grad_enabled():  # training: autograd needs z and act as they were
             act = nn.functional.silu(z) * env  # (E, K)
         else:
             act = nn.functional.silu(z, inplace=True).mul_(env)
         summed = hn.new_zeros((hn.shape[0], act.shape[1])).index_add_(0, receiver, act)  # (S, K)
-        second = mlp[2]
+        second = block[2]
         return torch.addmm(weight * second.bias, summed, second.weight.T) / (1 + weight)
 
     def forward(self, batch: RefineBatch, u: torch.Tensor, sigma: torch.Tensor,
@@ -290,8 +290,8 @@ class SiteScoreNetwork(nn.Module):
         rbf = torch.exp(-(((c_length - self.rbf_centres.to(x.dtype)) / width) ** 2))  # (C, R)
         H = cfg.hidden
         layers = [*self.edge_mlps, self.edge_out]
-        radial_w = torch.cat([mlp[0].weight[:, 2 * H:] for mlp in layers], 0)  # (L K + K, R)
-        radial = (rbf @ radial_w.T).split([mlp[0].weight.shape[0] for mlp in layers], 1)  # per layer (C, K)
+        radial_w = torch.cat([block[0].weight[:, 2 * H:] for block in layers], 0)  # (L K + K, R)
+        radial = (rbf @ radial_w.T).split([block[0].weight.shape[0] for block in layers], 1)  # per layer (C, K)
         h = self.embed(batch.species[reps].clamp(max=cfg.max_z)) \
             + self.sigma_mlp(sigma_features(sigma, cfg.n_sigma_freq))[batch.site_batch]  # (S, H)
         for edge_mlp, node_mlp, norm, rad in zip(self.edge_mlps, self.node_mlps, self.norms, radial):
